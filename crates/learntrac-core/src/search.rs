@@ -1,0 +1,167 @@
+//! The in-memory hybrid index: lexical (BM25-style term weighting) plus
+//! semantic (cosine of offline embeddings) relevance over book chunks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::{embed, text};
+
+/// A chunk as the index stores it, with what a hit must show.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Passage {
+    pub chunk_id: i64,
+    pub book_id: i64,
+    pub section_id: i64,
+    pub book_title: String,
+    pub heading: String,
+    pub text: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub passage: Arc<Passage>,
+    /// Combined relevance, 0.0 to 1.0.
+    pub relevance: f32,
+    pub lexical: f32,
+    pub semantic: f32,
+}
+
+struct Entry {
+    passage: Arc<Passage>,
+    embedding: Vec<f32>,
+    term_counts: HashMap<String, u32>,
+    heading_terms: Vec<String>,
+    length: u32,
+}
+
+/// Weight of lexical relevance; the rest is semantic.
+const LEXICAL_WEIGHT: f32 = 0.7;
+/// BM25 saturation and length normalisation.
+const K1: f32 = 1.2;
+const B: f32 = 0.75;
+/// Cosine similarities of offline embeddings seldom exceed this between a
+/// short query and a long passage, so it maps to full semantic relevance.
+const SEMANTIC_FULL: f32 = 0.45;
+
+#[derive(Default)]
+pub struct Index {
+    entries: Vec<Entry>,
+    document_frequency: HashMap<String, u32>,
+    total_length: u64,
+}
+
+impl Index {
+    pub fn new() -> Index {
+        Index::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds a passage with its stored embedding.
+    pub fn insert(&mut self, passage: Passage, embedding: Vec<f32>) {
+        let mut term_counts: HashMap<String, u32> = HashMap::new();
+        for term in text::terms(&passage.text) {
+            *term_counts.entry(term).or_default() += 1;
+        }
+        for term in term_counts.keys() {
+            *self.document_frequency.entry(term.clone()).or_default() += 1;
+        }
+        let length = term_counts.values().sum::<u32>().max(1);
+        self.total_length += u64::from(length);
+        let heading_terms = text::terms(&passage.heading);
+        self.entries.push(Entry { passage: Arc::new(passage), embedding, term_counts, heading_terms, length });
+    }
+
+    /// Returns up to `limit` passages with relevance of at least
+    /// `min_relevance`, best first.
+    pub fn search(&self, query: &str, limit: usize, min_relevance: f32) -> Vec<Hit> {
+        let mut query_terms = text::terms(query);
+        query_terms.sort();
+        query_terms.dedup();
+        if query_terms.is_empty() || self.entries.is_empty() {
+            return Vec::new();
+        }
+        let query_embedding = embed::embed(query);
+        let count = self.entries.len() as f32;
+        let average_length = self.total_length as f32 / count;
+        let idf: Vec<f32> = query_terms
+            .iter()
+            .map(|t| {
+                let df = self.document_frequency.get(t).copied().unwrap_or(0) as f32;
+                ((count - df + 0.5) / (df + 0.5)).ln_1p()
+            })
+            .collect();
+        let idf_total: f32 = idf.iter().sum();
+
+        let mut hits: Vec<Hit> = self
+            .entries
+            .iter()
+            .map(|entry| {
+                let mut matched = 0.0;
+                for (term, weight) in query_terms.iter().zip(&idf) {
+                    let tf = entry.term_counts.get(term).copied().unwrap_or(0) as f32;
+                    let saturation = if entry.heading_terms.contains(term) {
+                        1.0
+                    } else {
+                        tf / (tf + K1 * (1.0 - B + B * entry.length as f32 / average_length))
+                    };
+                    matched += weight * saturation;
+                }
+                let lexical = if idf_total > 0.0 { matched / idf_total } else { 0.0 };
+                let cosine = embed::cosine(&query_embedding, &entry.embedding);
+                let semantic = (cosine / SEMANTIC_FULL).clamp(0.0, 1.0);
+                let relevance = LEXICAL_WEIGHT * lexical + (1.0 - LEXICAL_WEIGHT) * semantic;
+                Hit { passage: entry.passage.clone(), relevance, lexical, semantic }
+            })
+            .filter(|hit| hit.relevance >= min_relevance)
+            .collect();
+        hits.sort_by(|a, b| b.relevance.total_cmp(&a.relevance));
+        hits.truncate(limit);
+        hits
+    }
+}
+
+/// The text embedded for a chunk: the heading gives context to a passage
+/// that does not repeat its own topic.
+pub fn embedding_text(heading: &str, chunk: &str) -> String {
+    format!("{heading}. {chunk}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passage(id: i64, heading: &str, body: &str) -> Passage {
+        Passage {
+            chunk_id: id,
+            book_id: 1,
+            section_id: id,
+            book_title: "Book".into(),
+            heading: heading.into(),
+            text: body.into(),
+        }
+    }
+
+    #[test]
+    fn finds_the_matching_section_first() {
+        let mut index = Index::new();
+        for (id, heading, body) in [
+            (1, "2.1 Vectors", "R operates on named data structures. The simplest is the numeric vector."),
+            (2, "2.5 Missing values", "A missing value is marked NA. Any operation on an NA becomes an NA."),
+            (3, "12 Graphics", "Plotting commands draw on a graphics device such as a window."),
+        ] {
+            index.insert(passage(id, heading, body), embed::embed(&embedding_text(heading, body)));
+        }
+        let hits = index.search("how does R handle missing values", 10, 0.0);
+        assert_eq!(hits[0].passage.chunk_id, 2);
+        assert!(hits[0].relevance > hits[1].relevance);
+        assert!(index.search("missing values", 10, 0.99).len() <= 1);
+        assert!(index.search("the of and", 10, 0.0).is_empty());
+    }
+}

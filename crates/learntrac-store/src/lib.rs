@@ -1,0 +1,190 @@
+//! LearnTrac's storage layer. The same SQL runs on SQLite (the embedded
+//! default) and PostgreSQL through sqlx's `Any` driver: placeholders are
+//! `$1`, `$2` …, times are Unix seconds and flags are 0 or 1. Only this
+//! crate runs SQL.
+
+mod learning;
+mod library;
+mod users;
+mod wiki;
+
+pub use learning::{Answer, NewAnswer, NewTicket, PathRecord, PathSummary, Ticket, TicketStatus};
+pub use library::{BookRecord, NewChunk, SectionRecord, StoredChunk};
+pub use users::{Group, User};
+pub use wiki::WikiPage;
+
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::AnyPool;
+
+/// Which database server a URL points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Stable code for operators: `LT-DB-URL`.
+    #[error("LT-DB-URL: database URL {url:?} is not supported; use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl { url: String },
+    /// Stable code: `LT-DB-CONNECT`.
+    #[error("LT-DB-CONNECT: cannot connect to the database")]
+    Connect(#[source] sqlx::Error),
+    /// Stable code: `LT-DB-MIGRATE`.
+    #[error("LT-DB-MIGRATE: database migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("database query failed")]
+    Query(#[source] sqlx::Error),
+    #[error("stored value is invalid: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> StoreError {
+        StoreError::Query(error)
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A pool of connections to the LearnTrac database.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Store {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`), creating a
+    /// missing SQLite file, and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl { url: redact_url(url) });
+        };
+
+        let options = AnyConnectOptions::from_str(url).map_err(StoreError::Connect)?;
+        let pool = match backend {
+            Backend::Sqlite => {
+                // One writer at a time: SQLite serialises writes anyway, and a
+                // small pool avoids "database is locked" under load.
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                            sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                            sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                            sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await
+            }
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16).connect_with(options).await,
+        }
+        .map_err(StoreError::Connect)?;
+
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&pool).await.map_err(StoreError::Migrate)?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs a trivial query, for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Hides the password in a database URL so that it can be logged.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Marks SQL assembled only from this crate's constant fragments as safe;
+/// values always go through bind parameters.
+fn sql(query: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(query)
+}
+
+/// Turns a unique-constraint violation into [`StoreError::Conflict`] naming `what`.
+fn conflict_or(error: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+    if let sqlx::Error::Database(db) = &error {
+        if db.is_unique_violation() {
+            return StoreError::Conflict(what());
+        }
+    }
+    StoreError::Query(error)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Store;
+
+    /// A fresh, migrated in-memory SQLite store.
+    pub async fn memory_store() -> Store {
+        // Each connection to ":memory:" would be a separate database, and
+        // a shared cache keeps one per name.
+        let name = format!(
+            "sqlite:file:test{}?mode=memory&cache=shared",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        );
+        match Store::open(&name).await {
+            Ok(store) => store,
+            Err(e) => unreachable!("in-memory store failed to open: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_password() {
+        assert_eq!(redact_url("postgres://lt:secret@db/lt"), "postgres://lt:***@db/lt");
+        assert_eq!(redact_url("sqlite://data/lt.db"), "sqlite://data/lt.db");
+    }
+
+    #[tokio::test]
+    async fn unsupported_url_is_named() {
+        let Err(error) = Store::open("mysql://x").await else {
+            unreachable!("mysql should be rejected");
+        };
+        assert!(error.to_string().contains("mysql://x"));
+    }
+}

@@ -1,0 +1,213 @@
+use std::fmt;
+
+use sqlx::Row;
+
+use crate::{sql, Result, Store, StoreError, conflict_or};
+
+/// The groups that grant rights. A user may belong to several.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    Admins,
+    Instructors,
+    Students,
+    Operators,
+}
+
+impl Group {
+    pub const ALL: [Group; 4] = [Group::Admins, Group::Instructors, Group::Students, Group::Operators];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Admins => "admins",
+            Group::Instructors => "instructors",
+            Group::Students => "students",
+            Group::Operators => "operators",
+        }
+    }
+}
+
+impl std::str::FromStr for Group {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Group, String> {
+        Group::ALL
+            .into_iter()
+            .find(|g| g.as_str() == value)
+            .ok_or_else(|| format!("unknown group {value:?}; use one of admins, instructors, students, operators"))
+    }
+}
+
+/// A user of the built-in identity provider.
+#[derive(Clone)]
+pub struct User {
+    pub id: i64,
+    pub email: String,
+    pub name: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub groups: Vec<Group>,
+    pub must_change_password: bool,
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("groups", &self.groups)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl User {
+    pub fn in_group(&self, group: Group) -> bool {
+        self.groups.contains(&group)
+    }
+}
+
+fn encode_groups(groups: &[Group]) -> String {
+    groups.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn decode_groups(value: &str) -> Result<Vec<Group>> {
+    value
+        .split(',')
+        .filter(|g| !g.is_empty())
+        .map(|g| g.parse().map_err(StoreError::Corrupt))
+        .collect()
+}
+
+fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
+    Ok(User {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        name: row.try_get("name")?,
+        password_hash: row.try_get("password_hash")?,
+        groups: decode_groups(&row.try_get::<String, _>("groups")?)?,
+        must_change_password: row.try_get::<i64, _>("must_change_password")? != 0,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+const USER_COLUMNS: &str = "id, email, name, password_hash, groups, must_change_password, disabled, created_at";
+
+impl Store {
+    /// Creates a user; the email must be unique (compared in lower case).
+    pub async fn create_user(
+        &self,
+        email: &str,
+        name: &str,
+        password_hash: &str,
+        groups: &[Group],
+        must_change_password: bool,
+        now: i64,
+    ) -> Result<User> {
+        let email = email.trim().to_lowercase();
+        let row = sqlx::query(sql(format!(
+            "INSERT INTO users (email, name, password_hash, groups, must_change_password, disabled, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6) RETURNING {USER_COLUMNS}"
+        )))
+        .bind(&email)
+        .bind(name)
+        .bind(password_hash)
+        .bind(encode_groups(groups))
+        .bind(i64::from(must_change_password))
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| conflict_or(e, || format!("a user with email {email}")))?;
+        user_from_row(&row)
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        let row = sqlx::query(sql(format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1")))
+            .bind(email.trim().to_lowercase())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
+        let row = sqlx::query(sql(format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    pub async fn count_users(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(&self.pool).await?.try_get("n")?)
+    }
+
+    /// Replaces a user's password hash and clears the must-change flag.
+    pub async fn set_password(&self, user_id: i64, password_hash: &str) -> Result<()> {
+        sqlx::query("UPDATE users SET password_hash = $1, must_change_password = 0 WHERE id = $2")
+            .bind(password_hash)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores the hash of a new refresh token.
+    pub async fn insert_refresh_token(&self, token_hash: &str, user_id: i64, expires_at: i64, now: i64) -> Result<()> {
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, user_id, expires_at, revoked, created_at) VALUES ($1, $2, $3, 0, $4)")
+            .bind(token_hash)
+            .bind(user_id)
+            .bind(expires_at)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes a refresh token and returns its user if it was valid at `now`.
+    /// Revoking on use makes every refresh token single-use.
+    pub async fn consume_refresh_token(&self, token_hash: &str, now: i64) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "UPDATE refresh_tokens SET revoked = 1 WHERE token_hash = $1 AND revoked = 0 AND expires_at > $2 RETURNING user_id",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("user_id")).transpose()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::memory_store;
+
+    #[tokio::test]
+    async fn users_round_trip_and_conflict() {
+        let store = memory_store().await;
+        let user = store
+            .create_user("Ada@Example.org", "Ada", "$argon2id$x", &[Group::Students, Group::Instructors], true, 10)
+            .await
+            .expect("create");
+        assert_eq!(user.email, "ada@example.org");
+        assert!(user.must_change_password);
+        let found = store.user_by_email("ADA@example.org").await.expect("query").expect("found");
+        assert_eq!(found.groups, [Group::Students, Group::Instructors]);
+        let again = store.create_user("ada@example.org", "Ada", "h", &[Group::Students], false, 11).await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))));
+        assert_eq!(store.count_users().await.expect("count"), 1);
+    }
+
+    #[tokio::test]
+    async fn refresh_tokens_are_single_use() {
+        let store = memory_store().await;
+        let user = store.create_user("a@b.c", "A", "h", &[Group::Students], false, 0).await.expect("create");
+        store.insert_refresh_token("hash", user.id, 100, 0).await.expect("insert");
+        assert_eq!(store.consume_refresh_token("hash", 50).await.expect("use"), Some(user.id));
+        assert_eq!(store.consume_refresh_token("hash", 50).await.expect("reuse"), None);
+        store.insert_refresh_token("old", user.id, 100, 0).await.expect("insert");
+        assert_eq!(store.consume_refresh_token("old", 150).await.expect("expired"), None);
+    }
+}
