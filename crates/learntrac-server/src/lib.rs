@@ -1,1 +1,110 @@
+//! LearnTrac's roles in one library: the TLS gateway in front, the trac
+//! pages, the JSON API and the identity provider behind it.
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod graph;
+pub mod idp;
+pub mod keys;
+pub mod service;
+pub mod pages;
+pub mod password;
+pub mod tls;
+pub mod wiki;
+
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context, Result};
+use learntrac_core::search::Index;
+use learntrac_store::Store;
+
+pub use config::ServerConfig;
+
+/// State shared by every role.
+pub struct AppInner {
+    pub store: Store,
+    pub keys: keys::SigningKeys,
+    pub config: ServerConfig,
+    pub index: RwLock<Index>,
+    pub limiter: gateway::RateLimiter,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+impl Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Opens the database, loads the signing key and builds the search
+    /// index from the stored chunks.
+    pub async fn open(config: ServerConfig) -> Result<AppState> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        let store = Store::open(&config.database_url).await?;
+        let keys = keys::SigningKeys::load_or_generate(&config.data_dir)?;
+        let index = service::load_index(&store).await?;
+        Ok(AppState(Arc::new(AppInner {
+            store,
+            keys,
+            config,
+            index: RwLock::new(index),
+            limiter: gateway::RateLimiter::new(),
+        })))
+    }
+
+    /// The current time in Unix seconds.
+    pub fn now(&self) -> i64 {
+        unix_now()
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Returns `bytes` random bytes from the operating system's CSPRNG,
+/// base64url-encoded.
+pub fn random_token(bytes: usize) -> String {
+    use base64::Engine;
+    let mut buffer = vec![0u8; bytes];
+    // aws-lc's generator fails only if the OS has no entropy source, in
+    // which case nothing secure can run at all.
+    if aws_lc_rs::rand::fill(&mut buffer).is_err() {
+        tracing::error!("the system random number generator failed");
+        std::process::abort();
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buffer)
+}
+
+/// Hex SHA-256 of `value`, for storing tokens that must not be kept in the clear.
+pub fn sha256_hex(value: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

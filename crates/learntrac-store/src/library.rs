@@ -152,6 +152,13 @@ impl Store {
         row.as_ref().map(section_from_row).transpose()
     }
 
+    /// Returns the number of chunks and the highest chunk id, which change
+    /// whenever a book is added or removed.
+    pub async fn chunk_watermark(&self) -> Result<(i64, i64)> {
+        let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS top FROM chunks").fetch_one(&self.pool).await?;
+        Ok((row.try_get("n")?, row.try_get("top")?))
+    }
+
     /// Loads every chunk, for building the in-memory search index.
     pub async fn all_chunks(&self) -> Result<Vec<StoredChunk>> {
         let rows = sqlx::query(

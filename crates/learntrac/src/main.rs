@@ -1,1 +1,202 @@
-fn main() {}
+//! The `learntrac` command: `serve` runs every role in one process; the
+//! other subcommands administer a data directory.
+
+mod settings;
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use learntrac_server::{AppState, gateway, password};
+use learntrac_store::Group;
+
+#[derive(Parser)]
+#[command(name = "learntrac", version, about = "Turns textbooks into question-based learning paths")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct DataArgs {
+    /// Directory that holds the database, keys, certificates and settings.
+    #[arg(long, env = "LEARNTRAC_DATA_DIR", default_value = "./learntrac-data")]
+    pub data_dir: PathBuf,
+    /// Database URL (sqlite://PATH or postgres://USER:PASSWORD@HOST/DB);
+    /// default: SQLite in the data directory.
+    #[arg(long, env = "LEARNTRAC_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with the trac, api and idp roles behind it.
+    Serve(ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Add a textbook (PDF, HTML or Markdown) to the library.
+    Ingest {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The file to ingest.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Address for HTTPS [default: 127.0.0.1:8443].
+    #[arg(long, env = "LEARNTRAC_HTTPS_LISTEN")]
+    pub https_listen: Option<std::net::SocketAddr>,
+    /// Address for plain HTTP, which only redirects to HTTPS [default: 127.0.0.1:8080].
+    #[arg(long, env = "LEARNTRAC_HTTP_LISTEN")]
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// The address users reach LearnTrac at, used as the token issuer
+    /// [default: https://localhost:PORT].
+    #[arg(long, env = "LEARNTRAC_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user.
+    Add {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        email: String,
+        /// Display name [default: the part of the email before '@'].
+        #[arg(long)]
+        name: Option<String>,
+        /// Group to join: admins, instructors, students or operators; repeat for several.
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEARNTRAC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt().json().with_current_span(false).with_env_filter(filter).with_writer(std::io::stdout).init();
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::User(UserCommand::Add { data, email, name, groups, password_stdin: _ }) => add_user(data, &email, name, &groups).await,
+        Command::Ingest { data, file } => ingest(data, &file).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = settings::resolve(&args.data)?;
+    settings::apply_serve_args(&mut config, &args)?;
+    let listeners = gateway::Listeners::bind(config.https_listen, config.http_listen)?;
+    if args.public_url.is_none() && !settings::file_sets_public_url(&args.data.data_dir)? {
+        config.public_url = learntrac_server::config::default_public_url(listeners.https.local_addr()?);
+    }
+
+    let state = AppState::open(config).await?;
+    bootstrap_admin(&state).await?;
+    tokio::spawn(learntrac_server::service::watch_library(state.clone()));
+    gateway::serve(state, listeners, shutdown_signal()).await
+}
+
+/// Creates the first administrator on an empty user pool and prints its
+/// one-time password on the terminal, never into the log.
+async fn bootstrap_admin(state: &AppState) -> Result<()> {
+    if state.store.count_users().await? > 0 {
+        return Ok(());
+    }
+    let one_time = password::generate_one_time();
+    let hash = password::hash(&one_time)?;
+    let email = state.config.admin_email.clone();
+    state.store.create_user(&email, "Administrator", &hash, &[Group::Admins], true, state.now()).await?;
+    tracing::info!(email = %email, "created the first administrator; the one-time password was printed on standard error");
+    eprintln!(
+        "\n  LearnTrac created the administrator {email}\n  One-time password: {one_time}\n  Sign in at {}/login and choose a new password; this password is not shown again.\n",
+        state.config.public_url
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+async fn add_user(data: DataArgs, email: &str, name: Option<String>, groups: &[String]) -> Result<()> {
+    let email = email.trim().to_lowercase();
+    if !email.contains('@') || email.len() < 3 || email.len() > 254 {
+        bail!("email {email:?} is not a valid address");
+    }
+    let groups: Vec<Group> = groups.iter().map(|g| g.parse::<Group>().map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
+
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+    let secret = line.trim_end_matches(['\n', '\r']);
+    password::check_policy(secret).map_err(|problem| anyhow::anyhow!("{problem}; choose another password"))?;
+
+    let config = settings::resolve(&data)?;
+    let store = learntrac_store::Store::open(&config.database_url).await?;
+    let hash = password::hash(secret)?;
+    let name = name.unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_string());
+    let user = store.create_user(&email, &name, &hash, &groups, false, learntrac_server::unix_now()).await?;
+    println!("created user {} ({}) in {}", user.email, user.id, groups.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", "));
+    Ok(())
+}
+
+async fn ingest(data: DataArgs, file: &std::path::Path) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let config = settings::resolve(&data)?;
+    let state = AppState::open(config).await?;
+    let record = learntrac_server::service::ingest_book(&state, bytes, &name, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
+    println!("ingested {:?} as book {}: {} sections, {} passages", record.title, record.id, record.sections, record.chunks);
+    Ok(())
+}

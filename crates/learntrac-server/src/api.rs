@@ -1,0 +1,232 @@
+//! The JSON API under `/api/v1`. Every handler takes an [`ApiUser`], so
+//! every call needs a valid bearer token.
+
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use learntrac_core::grade::MASTERY;
+use learntrac_core::search::Hit;
+use learntrac_store::{PathRecord, Ticket};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::{ApiUser, Principal};
+use crate::error::{ApiError, ApiResult};
+use crate::{graph, service};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/me", get(me))
+        .route("/books", get(list_books).post(upload_book))
+        .route("/search", post(search))
+        .route("/paths", get(list_paths).post(create_path))
+        .route("/paths/{id}", get(get_path))
+        .route("/paths/{id}/graph.svg", get(path_graph))
+        .route("/tickets/{id}", get(get_ticket))
+        .route("/tickets/{id}/answers", get(list_answers).post(post_answer))
+        .fallback(not_found)
+}
+
+/// A JSON body whose rejection is an [`ApiError`] naming the problem.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(ApiError::bad_request("invalid_json", "send the body as JSON with Content-Type: application/json"))
+            }
+            Err(rejection) => Err(ApiError::bad_request("invalid_json", rejection.body_text())),
+        }
+    }
+}
+
+/// Parses a numeric id from a path segment.
+pub fn parse_id(raw: &str, what: &str) -> ApiResult<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::bad_request("invalid_id", format!("{what} id {raw:?} is not a positive whole number")))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("API route".into())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+}
+
+async fn me(ApiUser(user): ApiUser) -> Json<Value> {
+    Json(json!({ "id": user.user_id, "email": user.email, "name": user.name, "groups": user.groups }))
+}
+
+async fn list_books(State(state): State<AppState>, ApiUser(_): ApiUser) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "books": state.store.list_books().await? })))
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+}
+
+/// Ingests the request body as a book; `?name=FILE.pdf` gives its format.
+async fn upload_book(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Query(query): Query<UploadQuery>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require_staff(&user, "add books to the library")?;
+    let Some(name) = query.name.filter(|n| !n.trim().is_empty()) else {
+        return Err(ApiError::bad_request("missing_name", "name the file with ?name=FILE.pdf (or .html, .md)"));
+    };
+    if body.is_empty() {
+        return Err(ApiError::bad_request("empty_body", "the request body is empty; send the file's bytes"));
+    }
+    let record = service::ingest_book(&state, body.to_vec(), &name, Some(user.user_id)).await?;
+    Ok((StatusCode::CREATED, Json(json!(record))))
+}
+
+pub fn require_staff(user: &Principal, action: &str) -> ApiResult<()> {
+    if user.is_staff() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("only instructors and admins may {action}")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchRequest {
+    query: String,
+    limit: Option<usize>,
+}
+
+pub fn passage_json(hit: &Hit) -> Value {
+    json!({
+        "chunk_id": hit.passage.chunk_id,
+        "book_id": hit.passage.book_id,
+        "section_id": hit.passage.section_id,
+        "book_title": hit.passage.book_title,
+        "heading": hit.passage.heading,
+        "text": hit.passage.text,
+        "relevance": (hit.relevance * 1000.0).round() / 1000.0,
+    })
+}
+
+async fn search(State(state): State<AppState>, ApiUser(_): ApiUser, JsonBody(request): JsonBody<SearchRequest>) -> ApiResult<Json<Value>> {
+    let hits = service::search(&state, &request.query, request.limit.unwrap_or(10))?;
+    Ok(Json(json!({ "query": request.query.trim(), "passages": hits.iter().map(passage_json).collect::<Vec<_>>() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathRequest {
+    query: String,
+    max_concepts: Option<usize>,
+}
+
+fn ticket_summary(ticket: &Ticket) -> Value {
+    json!({
+        "id": ticket.id,
+        "concept": ticket.concept,
+        "section": ticket.heading,
+        "question": ticket.question,
+        "difficulty": ticket.difficulty,
+        "prerequisites": ticket.prerequisites,
+        "status": ticket.status,
+    })
+}
+
+fn path_json(path: &PathRecord) -> Value {
+    json!({
+        "path_id": path.id,
+        "goal": path.goal,
+        "milestone": path.milestone,
+        "owner_id": path.owner_id,
+        "created_at": path.created_at,
+        "tickets": path.tickets.iter().map(ticket_summary).collect::<Vec<_>>(),
+    })
+}
+
+async fn create_path(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    JsonBody(request): JsonBody<PathRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let max = request.max_concepts.unwrap_or(service::DEFAULT_CONCEPTS);
+    let path = service::create_path(&state, &user, &request.query, max).await?;
+    Ok((StatusCode::CREATED, Json(path_json(&path))))
+}
+
+async fn list_paths(State(state): State<AppState>, ApiUser(user): ApiUser) -> ApiResult<Json<Value>> {
+    let owner = if user.is_staff() { None } else { Some(user.user_id) };
+    Ok(Json(json!({ "paths": state.store.path_summaries(owner).await? })))
+}
+
+async fn get_path(State(state): State<AppState>, ApiUser(user): ApiUser, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let path = service::visible_path(&state, &user, parse_id(&id, "path")?).await?;
+    Ok(Json(path_json(&path)))
+}
+
+async fn path_graph(State(state): State<AppState>, ApiUser(user): ApiUser, Path(id): Path<String>) -> ApiResult<Response> {
+    let path = service::visible_path(&state, &user, parse_id(&id, "path")?).await?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], graph::svg(&path.tickets)).into_response())
+}
+
+async fn get_ticket(State(state): State<AppState>, ApiUser(user): ApiUser, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let ticket = service::visible_ticket(&state, &user, parse_id(&id, "ticket")?).await?;
+    let mut body = ticket_summary(&ticket);
+    body["path_id"] = json!(ticket.path_id);
+    body["milestone"] = json!(ticket.milestone);
+    body["owner_id"] = json!(ticket.owner_id);
+    body["updated_at"] = json!(ticket.updated_at);
+    // Learners never see the expected answer.
+    if user.is_staff() {
+        body["expected_answer"] = json!(ticket.expected_answer);
+        body["key_terms"] = json!(ticket.key_terms);
+    }
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerRequest {
+    answer: String,
+}
+
+async fn post_answer(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<AnswerRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (answer, status) = service::answer(&state, &user, parse_id(&id, "ticket")?, &request.answer).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "answer_id": answer.id,
+            "score": answer.score,
+            "feedback": answer.feedback,
+            "suggestions": answer.suggestions,
+            "mastered": answer.score >= f64::from(MASTERY),
+            "status": status,
+        })),
+    ))
+}
+
+async fn list_answers(State(state): State<AppState>, ApiUser(user): ApiUser, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let ticket = service::visible_ticket(&state, &user, parse_id(&id, "ticket")?).await?;
+    Ok(Json(json!({ "ticket_id": ticket.id, "answers": state.store.answers(ticket.id).await? })))
+}

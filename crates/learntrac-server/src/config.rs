@@ -1,0 +1,70 @@
+//! Settings of `learntrac serve`, resolved once at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything the server needs to start, already validated.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub https_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// `sqlite://…` or `postgres://…`; defaults to a file in the data directory.
+    pub database_url: String,
+    /// The address users reach the gateway at; tokens name it as their issuer.
+    pub public_url: String,
+    /// PEM certificate chain and key; generated in the data directory when unset.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Lifetime of access and ID tokens from the token endpoint, in seconds.
+    pub access_token_seconds: i64,
+    /// Lifetime of refresh tokens, in seconds.
+    pub refresh_token_seconds: i64,
+    /// Lifetime of a browser session, in seconds.
+    pub session_seconds: i64,
+    /// Email of the administrator created at first start.
+    pub admin_email: String,
+    /// Minimum relevance of a search hit, 0.0 to 1.0.
+    pub min_relevance: f32,
+    /// Maximum size of an uploaded book, in bytes.
+    pub max_upload_bytes: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for a data directory: HTTPS on 127.0.0.1:8443, the HTTP
+    /// redirect on 127.0.0.1:8080 and SQLite in `learntrac.db`.
+    pub fn with_data_dir(data_dir: PathBuf) -> ServerConfig {
+        let https_listen = SocketAddr::from(([127, 0, 0, 1], 8443));
+        ServerConfig {
+            database_url: default_database_url(&data_dir),
+            data_dir,
+            https_listen,
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: default_public_url(https_listen),
+            tls_cert: None,
+            tls_key: None,
+            access_token_seconds: 3600,
+            refresh_token_seconds: 30 * 24 * 3600,
+            session_seconds: 8 * 3600,
+            admin_email: "admin@localhost".into(),
+            min_relevance: 0.3,
+            max_upload_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// `sqlite://DATA_DIR/learntrac.db`, created on first use.
+pub fn default_database_url(data_dir: &std::path::Path) -> String {
+    format!("sqlite://{}?mode=rwc", data_dir.join("learntrac.db").display())
+}
+
+/// `https://localhost:PORT` for a loopback or unspecified address,
+/// `https://ADDRESS:PORT` otherwise.
+pub fn default_public_url(https_listen: SocketAddr) -> String {
+    let ip = https_listen.ip();
+    if ip.is_loopback() || ip.is_unspecified() {
+        format!("https://localhost:{}", https_listen.port())
+    } else {
+        format!("https://{https_listen}")
+    }
+}

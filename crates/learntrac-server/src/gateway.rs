@@ -1,0 +1,241 @@
+//! The gateway: the only role that faces the network. It terminates TLS,
+//! redirects plain HTTP to HTTPS, gives each request an id, logs it, adds
+//! security headers, limits request rates and routes to the roles behind
+//! it, which in one process are in-process services with no socket of
+//! their own.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum_server::Handle;
+
+use crate::error::ApiError;
+use crate::{AppState, api, idp, pages};
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being handled, or "-" outside a request.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| "-".to_string())
+}
+
+/// All routes of all roles, behind the gateway's middleware.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_upload_bytes;
+    Router::new()
+        .merge(idp::routes())
+        .nest("/api/v1", api::routes())
+        .merge(pages::routes())
+        .route("/healthz", get(health))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(gateway_layer))
+        .with_state(state)
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "health check: database unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
+        }
+    }
+}
+
+/// Assigns the request id, logs the request and adds security headers.
+async fn gateway_layer(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = crate::random_token(9);
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let role = role_of(&path);
+
+    let mut response = REQUEST_ID.scope(request_id.clone(), next.run(request)).await;
+
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", value);
+    }
+    for (name, value) in SECURITY_HEADERS {
+        headers.entry(*name).or_insert(HeaderValue::from_static(value));
+    }
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(target: "learntrac::access", role, %method, path, status, latency_ms, request_id, "request");
+    response
+}
+
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    (
+        "content-security-policy",
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    ),
+];
+
+/// Which role serves a path, for the access log.
+fn role_of(path: &str) -> &'static str {
+    if path.starts_with("/api/") {
+        "api"
+    } else if path.starts_with("/oauth2/") || path.starts_with("/.well-known/") || path.starts_with("/login") || path.starts_with("/logout") || path.starts_with("/account") {
+        "idp"
+    } else if path == "/healthz" {
+        "gateway"
+    } else {
+        "trac"
+    }
+}
+
+/// A fixed-window request counter per key (an address and a route).
+pub struct RateLimiter {
+    windows: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter::new()
+    }
+}
+
+impl RateLimiter {
+    pub fn new() -> RateLimiter {
+        RateLimiter { windows: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts one request for `key` at `now`; fails with the seconds to wait
+    /// when `limit` requests were already counted in the current `window`.
+    pub fn check(&self, key: &str, limit: u32, window: Duration, now: Instant) -> Result<(), ApiError> {
+        let mut windows = self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if windows.len() > 100_000 {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < window);
+        }
+        let entry = windows.entry(key.to_string()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= limit {
+            let retry_after = window.saturating_sub(now.duration_since(entry.0)).as_secs().max(1);
+            tracing::warn!(target: "learntrac::security", key, limit, "rate limit exceeded");
+            return Err(ApiError::TooManyRequests { retry_after });
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
+/// The bound addresses of a running gateway.
+pub struct Listeners {
+    pub https: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub fn bind(https: SocketAddr, http: SocketAddr) -> Result<Listeners> {
+        let https = TcpListener::bind(https).with_context(|| format!("cannot listen on {https} for HTTPS; is another server using it?"))?;
+        let http = TcpListener::bind(http).with_context(|| format!("cannot listen on {http} for HTTP; is another server using it?"))?;
+        https.set_nonblocking(true)?;
+        http.set_nonblocking(true)?;
+        Ok(Listeners { https, http })
+    }
+}
+
+/// Serves HTTPS and the HTTP redirect until `shutdown` completes.
+pub async fn serve(state: AppState, listeners: Listeners, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    let https_addr = listeners.https.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    let hostnames = public_hostnames(&state.config.public_url);
+    let tls = crate::tls::server_config(
+        &state.config.data_dir,
+        state.config.tls_cert.as_deref(),
+        state.config.tls_key.as_deref(),
+        &hostnames,
+    )?;
+
+    let handle: Handle<SocketAddr> = Handle::new();
+    let app = router(state.clone());
+    let https = axum_server::from_tcp_rustls(listeners.https, crate::tls::rustls_config(tls))?
+        .handle(handle.clone())
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+
+    let redirect_port = https_addr.port();
+    let redirect = Router::new().fallback(move |request: Request<Body>| async move { redirect_to_https(request.headers(), request.uri(), redirect_port) });
+    let http = axum_server::from_tcp(listeners.http)?
+        .handle(handle.clone())
+        .serve(redirect.into_make_service());
+
+    tracing::info!(https = %https_addr, http = %http_addr, public_url = %state.config.public_url, "gateway listening");
+    let shutdown_handle = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        shutdown_handle.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    tokio::try_join!(https, http).context("the gateway stopped with an error")?;
+    state.store.close().await;
+    Ok(())
+}
+
+fn public_hostnames(public_url: &str) -> Vec<String> {
+    public_url
+        .parse::<Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(|h| h.trim_matches(['[', ']']).to_string()))
+        .into_iter()
+        .collect()
+}
+
+/// Answers every plain HTTP request with a permanent redirect to the same
+/// path over HTTPS.
+fn redirect_to_https(headers: &axum::http::HeaderMap, uri: &Uri, https_port: u16) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+        .map_or_else(|| "localhost".to_string(), |a| a.host().to_string());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
+    Redirect::permanent(&format!("https://{host}{port}{path}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_counts_per_window() {
+        let limiter = RateLimiter::new();
+        let start = Instant::now();
+        let window = Duration::from_secs(60);
+        for _ in 0..3 {
+            assert!(limiter.check("a", 3, window, start).is_ok());
+        }
+        assert!(matches!(limiter.check("a", 3, window, start), Err(ApiError::TooManyRequests { .. })));
+        assert!(limiter.check("b", 3, window, start).is_ok());
+        assert!(limiter.check("a", 3, window, start + window).is_ok());
+    }
+
+    #[test]
+    fn redirect_keeps_path_and_host() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("learn.example:8080"));
+        let uri: Uri = "/wiki/WikiStart?x=1".parse().expect("uri");
+        let response = redirect_to_https(&headers, &uri, 8443);
+        assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(response.headers()[header::LOCATION], "https://learn.example:8443/wiki/WikiStart?x=1");
+    }
+}

@@ -1,0 +1,428 @@
+//! The trac role: server-rendered HTML pages for the wiki, learning paths,
+//! tickets, the roadmap and the library. Every page needs a signed-in
+//! user ([`PageUser`]); forms post back to the same site only.
+
+use axum::extract::{Multipart, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use learntrac_store::Group;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::api::parse_id;
+use crate::auth::{PageUser, Principal};
+use crate::error::ApiError;
+use crate::{graph, service, wiki};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/wiki/WikiStart") }))
+        .route("/wiki/{name}", get(wiki_page).post(save_wiki_page))
+        .route("/paths/preview", post(preview_path))
+        .route("/paths", post(create_path))
+        .route("/paths/{id}", get(path_page))
+        .route("/ticket/{id}", get(ticket_page).post(answer_ticket))
+        .route("/roadmap", get(roadmap))
+        .route("/library", get(library).post(upload))
+        .route_layer(middleware::from_fn(same_origin_posts))
+}
+
+/// Rejects a form post whose `Origin` is another site, on top of the
+/// SameSite=Strict session cookie, as a defence against cross-site request forgery.
+async fn same_origin_posts(request: Request, next: Next) -> Response {
+    if request.method() == axum::http::Method::POST {
+        let origin = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+        if let (Some(origin), Some(host)) = (origin, host) {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            if origin_host != host {
+                tracing::warn!(target: "learntrac::security", origin, host, "cross-site form post rejected");
+                return PageError(ApiError::Forbidden("cross-site form posts are not accepted".into())).into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// An [`ApiError`] shown as an HTML page.
+pub struct PageError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for PageError {
+    fn from(error: E) -> PageError {
+        PageError(error.into())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        let message = self.0.public_message();
+        let body = layout(
+            status.canonical_reason().unwrap_or("Error"),
+            None,
+            &format!(
+                "<h1>{}</h1><p class=\"error\" role=\"alert\">{}</p><p>Request id: <code>{}</code></p><p><a href=\"/\">Start page</a></p>",
+                status.as_u16(),
+                escape(&message),
+                escape(&crate::gateway::current_request_id())
+            ),
+        );
+        (status, body).into_response()
+    }
+}
+
+type PageResult = Result<Response, PageError>;
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+/// Percent-encodes everything but unreserved characters and '/'.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#fafafa}\
+header{background:#2d3e50;color:#fff;padding:.6em 1.2em;display:flex;gap:1.2em;align-items:center;flex-wrap:wrap}\
+header a{color:#fff;text-decoration:none}header .who{margin-left:auto;font-size:.9em}\
+main{max-width:60em;margin:1.5em auto;padding:0 1.2em}\
+form.narrow{max-width:26em}label{display:block;margin:.6em 0}input,textarea{width:100%;box-sizing:border-box;padding:.4em;font:inherit}\
+textarea{min-height:8em}button{margin-top:.6em;padding:.45em 1.2em;font:inherit;cursor:pointer}\
+.error{color:#a40000;font-weight:600}.hint{color:#666;font-size:.9em}\
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}\
+.passage{background:#fff;border:1px solid #ddd;padding:.6em .9em;margin:.6em 0}\
+.status{padding:.1em .5em;border-radius:.6em;font-size:.85em}.status-new{background:#c8c8c8}.status-studying{background:#f5a623}.status-mastered{background:#4caf50;color:#fff}\
+.bar{background:#ddd;height:.8em;border-radius:.4em;overflow:hidden}.bar span{display:block;height:100%;background:#4caf50}\
+.graph{overflow-x:auto;background:#fff;border:1px solid #ddd;padding:.5em}";
+
+/// Wraps `body` in the page layout with the navigation bar.
+pub fn layout(title: &str, user: Option<&Principal>, body: &str) -> Html<String> {
+    let who = match user {
+        Some(u) => format!(
+            "<span class=\"who\">{} · <a href=\"/account/password\">Password</a> · <a href=\"/logout\">Sign out</a></span>",
+            escape(&u.email)
+        ),
+        None => String::new(),
+    };
+    Html(format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} · LearnTrac</title><style>{STYLE}</style></head><body><header><strong><a href=\"/\">LearnTrac</a></strong>\
+         <a href=\"/wiki/WikiStart\">Wiki</a><a href=\"/roadmap\">Roadmap</a><a href=\"/library\">Library</a>{who}</header><main>{body}</main></body></html>",
+        escape(title)
+    ))
+}
+
+fn status_badge(status: learntrac_store::TicketStatus) -> String {
+    format!("<span class=\"status status-{0}\">{0}</span>", status.as_str())
+}
+
+/// The form that the `[[LearningPath]]` macro shows.
+fn learning_path_form() -> String {
+    "<form method=\"post\" action=\"/paths/preview\" class=\"learning-path\">\
+     <label>What do you want to learn? <textarea name=\"goal\" required maxlength=\"500\" \
+     placeholder=\"For example: how R handles missing values\"></textarea></label>\
+     <button type=\"submit\">Find passages</button></form>"
+        .to_string()
+}
+
+fn valid_page_name(name: &str) -> Result<(), PageError> {
+    let ok = !name.is_empty() && name.len() <= 100 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("invalid_page_name", format!("wiki page name {name:?} may use only letters, digits, '-' and '_'")).into())
+    }
+}
+
+#[derive(Deserialize)]
+struct WikiQuery {
+    action: Option<String>,
+}
+
+async fn wiki_page(State(state): State<AppState>, PageUser(user): PageUser, Path(name): Path<String>, Query(query): Query<WikiQuery>) -> PageResult {
+    valid_page_name(&name)?;
+    let page = state.store.wiki_page(&name).await?;
+    let body = match &page {
+        Some(page) => page.body.clone(),
+        None if name == "WikiStart" => wiki::START_PAGE.to_string(),
+        None => String::new(),
+    };
+    let can_edit = user.is(Group::Admins) || user.is(Group::Instructors);
+
+    if query.action.as_deref() == Some("edit") {
+        if !can_edit {
+            return Err(ApiError::Forbidden("only instructors and admins may edit wiki pages".into()).into());
+        }
+        let form = format!(
+            "<h1>Edit {0}</h1><form method=\"post\" action=\"/wiki/{0}\"><textarea name=\"text\" rows=\"20\">{1}</textarea>\
+             <button type=\"submit\">Save</button></form>",
+            escape(&name),
+            escape(&body)
+        );
+        return Ok(layout(&name, Some(&user), &form).into_response());
+    }
+
+    let mut html = if page.is_none() && name != "WikiStart" {
+        format!("<p>The page {} does not exist yet.</p>", escape(&name))
+    } else {
+        wiki::render(&body, &|macro_name| (macro_name == "LearningPath").then(learning_path_form))
+    };
+    if can_edit {
+        html.push_str(&format!("<p><a href=\"/wiki/{}?action=edit\">Edit this page</a></p>", escape(&name)));
+    }
+    let status = if page.is_none() && name != "WikiStart" { StatusCode::NOT_FOUND } else { StatusCode::OK };
+    Ok((status, layout(&name, Some(&user), &html)).into_response())
+}
+
+#[derive(Deserialize)]
+struct WikiForm {
+    text: String,
+}
+
+async fn save_wiki_page(State(state): State<AppState>, PageUser(user): PageUser, Path(name): Path<String>, Form(form): Form<WikiForm>) -> PageResult {
+    valid_page_name(&name)?;
+    if !user.is_staff() {
+        return Err(ApiError::Forbidden("only instructors and admins may edit wiki pages".into()).into());
+    }
+    state.store.save_wiki_page(&name, &form.text, Some(user.user_id), state.now()).await?;
+    Ok(Redirect::to(&format!("/wiki/{name}")).into_response())
+}
+
+#[derive(Deserialize)]
+struct GoalForm {
+    goal: String,
+}
+
+async fn preview_path(State(state): State<AppState>, PageUser(user): PageUser, Form(form): Form<GoalForm>) -> PageResult {
+    let hits = service::search(&state, &form.goal, service::MAX_PASSAGES)?;
+    let mut html = format!("<h1>Passages for your goal</h1><p><em>{}</em></p>", escape(form.goal.trim()));
+    if hits.is_empty() {
+        html.push_str("<p class=\"error\">The library has no passage about this goal. Rephrase it, or ask an instructor to add a book on the subject.</p>");
+        html.push_str(&learning_path_form());
+        return Ok(layout("Passages", Some(&user), &html).into_response());
+    }
+    html.push_str(&format!("<p>{} passages found. Confirm to create a ticket for each concept they teach.</p>", hits.len()));
+    html.push_str(&format!(
+        "<form method=\"post\" action=\"/paths\"><input type=\"hidden\" name=\"goal\" value=\"{}\"><button type=\"submit\" id=\"confirm-path\">Create learning path</button></form>",
+        escape(form.goal.trim())
+    ));
+    for hit in &hits {
+        html.push_str(&format!(
+            "<div class=\"passage\"><strong>{}</strong> · {} · relevance {:.2}<p>{}</p></div>",
+            escape(&hit.passage.heading),
+            escape(&hit.passage.book_title),
+            hit.relevance,
+            escape(&learntrac_core::text::excerpt(&hit.passage.text, 400))
+        ));
+    }
+    Ok(layout("Passages", Some(&user), &html).into_response())
+}
+
+async fn create_path(State(state): State<AppState>, PageUser(user): PageUser, Form(form): Form<GoalForm>) -> PageResult {
+    let path = service::create_path(&state, &user, &form.goal, service::DEFAULT_CONCEPTS).await?;
+    Ok(Redirect::to(&format!("/paths/{}", path.id)).into_response())
+}
+
+async fn path_page(State(state): State<AppState>, PageUser(user): PageUser, Path(id): Path<String>) -> PageResult {
+    let path = service::visible_path(&state, &user, parse_id(&id, "path")?).await?;
+    let mut html = format!(
+        "<h1>{}</h1><p>Milestone <strong>{}</strong> · {} concepts</p><h2>Knowledge graph</h2><div class=\"graph\">{}</div>\
+         <p class=\"hint\">Grey: not started · orange: studying · green: mastered. <a href=\"/api/v1/paths/{}/graph.svg\">SVG</a> (API, needs a token)</p>\
+         <h2>Tickets</h2><table><tr><th>#</th><th>Concept</th><th>Difficulty</th><th>Prerequisites</th><th>Status</th></tr>",
+        escape(&path.goal),
+        escape(&path.milestone),
+        path.tickets.len(),
+        graph::svg(&path.tickets),
+        path.id
+    );
+    for ticket in &path.tickets {
+        let prerequisites: Vec<String> = ticket.prerequisites.iter().map(|p| format!("<a href=\"/ticket/{p}\">#{p}</a>")).collect();
+        html.push_str(&format!(
+            "<tr><td><a href=\"/ticket/{0}\">#{0}</a></td><td><a href=\"/ticket/{0}\">{1}</a><br><span class=\"hint\">{2}</span></td><td>{3}</td><td>{4}</td><td>{5}</td></tr>",
+            ticket.id,
+            escape(&ticket.concept),
+            escape(&ticket.heading),
+            ticket.difficulty,
+            prerequisites.join(", "),
+            status_badge(ticket.status)
+        ));
+    }
+    html.push_str("</table>");
+    Ok(layout(&path.goal, Some(&user), &html).into_response())
+}
+
+async fn render_ticket(state: &AppState, user: &Principal, id: i64, message: Option<&str>) -> Result<Html<String>, PageError> {
+    let ticket = service::visible_ticket(state, user, id).await?;
+    let answers = state.store.answers(ticket.id).await?;
+    let prerequisites: Vec<String> = ticket.prerequisites.iter().map(|p| format!("<a href=\"/ticket/{p}\">#{p}</a>")).collect();
+    let mut html = format!(
+        "<h1>#{} {}</h1><p>{} · milestone {} · difficulty {}/5 · prerequisites: {} · <a href=\"/paths/{}\">path</a></p>\
+         <h2>Question</h2><p class=\"question\">{}</p>",
+        ticket.id,
+        escape(&ticket.concept),
+        status_badge(ticket.status),
+        escape(&ticket.milestone),
+        ticket.difficulty,
+        if prerequisites.is_empty() { "none".to_string() } else { prerequisites.join(", ") },
+        ticket.path_id,
+        escape(&ticket.question)
+    );
+    if user.is_staff() {
+        html.push_str(&format!("<h2>Expected answer</h2><p class=\"expected\">{}</p>", escape(&ticket.expected_answer)));
+    }
+    if let Some(message) = message {
+        html.push_str(&format!("<p class=\"error\" role=\"alert\">{}</p>", escape(message)));
+    }
+    if ticket.owner_id == user.user_id {
+        html.push_str(&format!(
+            "<form method=\"post\" action=\"/ticket/{}\"><label>Your answer <textarea name=\"answer\" required></textarea></label>\
+             <button type=\"submit\">Submit answer</button></form>",
+            ticket.id
+        ));
+    }
+    if let Some(latest) = answers.last() {
+        html.push_str(&format!(
+            "<h2>Latest feedback</h2><p class=\"feedback\">Score <strong class=\"score\">{:.2}</strong>: {}</p>",
+            latest.score,
+            escape(&latest.feedback)
+        ));
+        if !latest.suggestions.is_empty() {
+            html.push_str("<ul class=\"suggestions\">");
+            for suggestion in &latest.suggestions {
+                html.push_str(&format!("<li>{}</li>", escape(suggestion)));
+            }
+            html.push_str("</ul>");
+        }
+        html.push_str("<h2>Attempts</h2><table><tr><th>When</th><th>Score</th><th>Answer</th></tr>");
+        for answer in answers.iter().rev() {
+            html.push_str(&format!(
+                "<tr><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
+                answer.created_at,
+                answer.score,
+                escape(&answer.answer)
+            ));
+        }
+        html.push_str("</table>");
+    }
+    Ok(layout(&format!("#{} {}", ticket.id, ticket.concept), Some(user), &html))
+}
+
+async fn ticket_page(State(state): State<AppState>, PageUser(user): PageUser, Path(id): Path<String>) -> PageResult {
+    Ok(render_ticket(&state, &user, parse_id(&id, "ticket")?, None).await?.into_response())
+}
+
+#[derive(Deserialize)]
+struct AnswerForm {
+    answer: String,
+}
+
+async fn answer_ticket(State(state): State<AppState>, PageUser(user): PageUser, Path(id): Path<String>, Form(form): Form<AnswerForm>) -> PageResult {
+    let id = parse_id(&id, "ticket")?;
+    match service::answer(&state, &user, id, &form.answer).await {
+        Ok(_) => Ok(Redirect::to(&format!("/ticket/{id}")).into_response()),
+        Err(ApiError::BadRequest { message, .. }) => {
+            Ok((StatusCode::BAD_REQUEST, render_ticket(&state, &user, id, Some(&message)).await?).into_response())
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+async fn roadmap(State(state): State<AppState>, PageUser(user): PageUser) -> PageResult {
+    let owner = if user.is_staff() { None } else { Some(user.user_id) };
+    let paths = state.store.path_summaries(owner).await?;
+    let mut html = String::from("<h1>Roadmap</h1>");
+    if paths.is_empty() {
+        html.push_str("<p>No learning paths yet. Start one from the <a href=\"/wiki/WikiStart\">start page</a>.</p>");
+    } else {
+        html.push_str("<table><tr><th>Path</th><th>Milestone</th>");
+        if user.is_staff() {
+            html.push_str("<th>Learner</th>");
+        }
+        html.push_str("<th>Progress</th></tr>");
+        for path in &paths {
+            let percent = if path.total > 0 { path.mastered * 100 / path.total } else { 0 };
+            let learner = if user.is_staff() { format!("<td>{}</td>", escape(&path.owner_email)) } else { String::new() };
+            html.push_str(&format!(
+                "<tr><td><a href=\"/paths/{}\">{}</a></td><td>{}</td>{learner}<td><div class=\"bar\"><span style=\"width:{percent}%\"></span></div>\
+                 {} of {} mastered, {} studying</td></tr>",
+                path.id,
+                escape(&path.goal),
+                escape(&path.milestone),
+                path.mastered,
+                path.total,
+                path.studying
+            ));
+        }
+        html.push_str("</table>");
+    }
+    Ok(layout("Roadmap", Some(&user), &html).into_response())
+}
+
+async fn library(State(state): State<AppState>, PageUser(user): PageUser) -> PageResult {
+    let books = state.store.list_books().await?;
+    let mut html = String::from("<h1>Library</h1>");
+    if books.is_empty() {
+        html.push_str("<p>The library is empty.</p>");
+    } else {
+        html.push_str("<table><tr><th>Title</th><th>Format</th><th>Sections</th><th>Passages</th></tr>");
+        for book in &books {
+            html.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&book.title),
+                escape(&book.format),
+                book.sections,
+                book.chunks
+            ));
+        }
+        html.push_str("</table>");
+    }
+    if user.is_staff() {
+        html.push_str(
+            "<h2>Add a book</h2><form method=\"post\" action=\"/library\" enctype=\"multipart/form-data\" class=\"narrow\">\
+             <label>PDF, HTML or Markdown file <input type=\"file\" name=\"book\" accept=\".pdf,.html,.htm,.md,.markdown\" required></label>\
+             <button type=\"submit\">Upload</button></form>",
+        );
+    }
+    Ok(layout("Library", Some(&user), &html).into_response())
+}
+
+async fn upload(State(state): State<AppState>, PageUser(user): PageUser, mut multipart: Multipart) -> PageResult {
+    crate::api::require_staff(&user, "add books to the library")?;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_upload", format!("the upload is not valid multipart data: {e}")))?
+    {
+        if field.name() != Some("book") {
+            continue;
+        }
+        let name = field.file_name().unwrap_or("upload").to_string();
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| ApiError::bad_request("invalid_upload", format!("the upload could not be read: {e}")))?;
+        service::ingest_book(&state, bytes.to_vec(), &name, Some(user.user_id)).await?;
+        return Ok(Redirect::to("/library").into_response());
+    }
+    Err(ApiError::bad_request("invalid_upload", "the form has no file in the field \"book\"").into())
+}

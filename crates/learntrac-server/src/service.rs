@@ -1,0 +1,233 @@
+//! What the roles do with the domain: ingest books, search the library,
+//! create learning paths and grade answers. HTTP handlers call these; only
+//! the store runs SQL.
+
+use anyhow::Context;
+use learntrac_core::book::{Book, Format};
+use learntrac_core::search::{Hit, Index, Passage, embedding_text};
+use learntrac_core::{embed, grade, ingest, path};
+use learntrac_store::{Answer, BookRecord, NewAnswer, NewChunk, NewTicket, PathRecord, Store, Ticket, TicketStatus};
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+
+/// Most passages a search or a path preview returns.
+pub const MAX_PASSAGES: usize = 20;
+/// Default and maximum number of concepts in a new path.
+pub const DEFAULT_CONCEPTS: usize = 8;
+pub const MAX_CONCEPTS: usize = 20;
+/// Longest goal accepted, in characters.
+const MAX_GOAL_CHARS: usize = 500;
+
+/// Builds the in-memory search index from every stored chunk.
+pub async fn load_index(store: &Store) -> anyhow::Result<Index> {
+    let chunks = store.all_chunks().await?;
+    let mut index = Index::new();
+    for chunk in chunks {
+        let Some(embedding) = embed::from_bytes(&chunk.embedding) else {
+            tracing::warn!(chunk_id = chunk.id, "stored embedding has an invalid length; chunk left out of the index");
+            continue;
+        };
+        index.insert(
+            Passage {
+                chunk_id: chunk.id,
+                book_id: chunk.book_id,
+                section_id: chunk.section_id,
+                book_title: chunk.book_title,
+                heading: chunk.heading,
+                text: chunk.body,
+            },
+            embedding,
+        );
+    }
+    tracing::info!(chunks = index.len(), "search index loaded");
+    Ok(index)
+}
+
+/// Parses, chunks, embeds and stores a book, then adds it to the index.
+pub async fn ingest_book(state: &AppState, bytes: Vec<u8>, file_name: &str, created_by: Option<i64>) -> ApiResult<BookRecord> {
+    let format = Format::from_file_name(file_name).ok_or_else(|| {
+        ApiError::bad_request("unsupported_format", format!("cannot tell the format of {file_name:?}; name the file .pdf, .html or .md"))
+    })?;
+    let (book, chunks) = tokio::task::spawn_blocking(move || parse_and_embed(&bytes, format))
+        .await
+        .context("the ingestion task failed")?
+        .map_err(|e| ApiError::bad_request("unreadable_book", format!("{file_name}: {e}")))?;
+    if chunks.is_empty() {
+        return Err(ApiError::bad_request("unreadable_book", format!("{file_name}: no text was found")));
+    }
+    let record = state.store.insert_book(&book, file_name, &chunks, created_by, state.now()).await?;
+    // Rebuilding from the store gives the new chunks their stored ids.
+    let index = load_index(&state.store).await?;
+    *state.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+    tracing::info!(book_id = record.id, title = %record.title, sections = record.sections, chunks = record.chunks, "book ingested");
+    Ok(record)
+}
+
+fn parse_and_embed(bytes: &[u8], format: Format) -> Result<(Book, Vec<NewChunk>), ingest::IngestError> {
+    let book = ingest::parse(bytes, format)?;
+    let chunks = book
+        .chunks()
+        .into_iter()
+        .map(|chunk| {
+            let heading = &book.sections[chunk.section].heading;
+            let vector = embed::embed(&embedding_text(heading, &chunk.text));
+            NewChunk { section: chunk.section, body: chunk.text, embedding: embed::to_bytes(&vector) }
+        })
+        .collect();
+    Ok((book, chunks))
+}
+
+/// Checks a goal or search query and returns it trimmed.
+pub fn validate_goal(goal: &str) -> ApiResult<&str> {
+    let goal = goal.trim();
+    if goal.is_empty() {
+        return Err(ApiError::bad_request("invalid_query", "the query is empty; describe what you want to learn"));
+    }
+    if goal.chars().count() > MAX_GOAL_CHARS {
+        return Err(ApiError::bad_request("invalid_query", format!("the query is longer than {MAX_GOAL_CHARS} characters; shorten it")));
+    }
+    if learntrac_core::text::terms(goal).is_empty() {
+        return Err(ApiError::bad_request("invalid_query", "the query has no searchable words; name the topic"));
+    }
+    Ok(goal)
+}
+
+/// Searches the library for passages about `query`.
+pub fn search(state: &AppState, query: &str, limit: usize) -> ApiResult<Vec<Hit>> {
+    let query = validate_goal(query)?;
+    let index = state.index.read().unwrap_or_else(|p| p.into_inner());
+    Ok(index.search(query, limit.clamp(1, MAX_PASSAGES), state.config.min_relevance))
+}
+
+/// Creates a path for `owner` from the passages found for `goal`: one
+/// ticket per section found, at most `max_concepts`.
+pub async fn create_path(state: &AppState, owner: &Principal, goal: &str, max_concepts: usize) -> ApiResult<PathRecord> {
+    let goal = validate_goal(goal)?;
+    if !(1..=MAX_CONCEPTS).contains(&max_concepts) {
+        return Err(ApiError::bad_request("invalid_max_concepts", format!("max_concepts must be from 1 to {MAX_CONCEPTS}")));
+    }
+    let hits = search(state, goal, MAX_PASSAGES)?;
+    if hits.is_empty() {
+        return Err(ApiError::bad_request(
+            "nothing_found",
+            "the library has no passage about this goal; ingest a book on the subject or rephrase the goal",
+        ));
+    }
+
+    let mut section_ids: Vec<i64> = Vec::new();
+    for hit in &hits {
+        if !section_ids.contains(&hit.passage.section_id) && section_ids.len() < max_concepts {
+            section_ids.push(hit.passage.section_id);
+        }
+    }
+    let mut sections = Vec::with_capacity(section_ids.len());
+    for id in section_ids {
+        if let Some(section) = state.store.section(id).await? {
+            sections.push(section);
+        }
+    }
+    let mut candidates: Vec<path::Candidate<'_>> = sections
+        .iter()
+        .map(|s| path::Candidate {
+            section_id: s.id,
+            book_id: s.book_id,
+            position: s.position,
+            book_position: s.position as f32 / s.book_sections.max(1) as f32,
+            heading: &s.heading,
+            text: &s.body,
+        })
+        .collect();
+    let planned = path::plan(&mut candidates);
+
+    let subject = hits[0].passage.book_title.clone();
+    let tickets: Vec<NewTicket> = planned
+        .into_iter()
+        .map(|p| NewTicket {
+            section_id: Some(p.section_id),
+            concept: p.concept,
+            heading: p.heading,
+            question: p.question.question,
+            expected_answer: p.question.expected_answer,
+            key_terms: p.question.key_terms,
+            difficulty: p.question.difficulty,
+            prerequisites: p.prerequisites,
+        })
+        .collect();
+    let record = state.store.create_path(owner.user_id, goal, &subject, &tickets, state.now()).await?;
+    tracing::info!(path_id = record.id, user_id = owner.user_id, tickets = record.tickets.len(), "path created");
+    Ok(record)
+}
+
+/// Loads a path that `user` may see: their own, or any for staff.
+pub async fn visible_path(state: &AppState, user: &Principal, id: i64) -> ApiResult<PathRecord> {
+    match state.store.path(id).await? {
+        Some(path) if path.owner_id == user.user_id || user.is_staff() => Ok(path),
+        // Another learner's path is reported as missing, not as forbidden,
+        // so that ids cannot be probed.
+        _ => Err(ApiError::NotFound(format!("path {id}"))),
+    }
+}
+
+/// Loads a ticket that `user` may see.
+pub async fn visible_ticket(state: &AppState, user: &Principal, id: i64) -> ApiResult<Ticket> {
+    match state.store.ticket(id).await? {
+        Some(ticket) if ticket.owner_id == user.user_id || user.is_staff() => Ok(ticket),
+        _ => Err(ApiError::NotFound(format!("ticket {id}"))),
+    }
+}
+
+/// Grades and stores an answer by the ticket's owner.
+pub async fn answer(state: &AppState, user: &Principal, ticket_id: i64, body: &str) -> ApiResult<(Answer, TicketStatus)> {
+    let ticket = visible_ticket(state, user, ticket_id).await?;
+    if ticket.owner_id != user.user_id {
+        return Err(ApiError::Forbidden("only the learner who owns this ticket can answer it".into()));
+    }
+    let graded = grade::grade(body, &ticket.expected_answer, &ticket.key_terms, &ticket.heading)
+        .map_err(|e| ApiError::bad_request("invalid_answer", e.to_string()))?;
+    let status = if graded.mastered() { TicketStatus::Mastered } else { TicketStatus::Studying };
+    let stored = state
+        .store
+        .record_answer(&NewAnswer {
+            ticket_id,
+            user_id: user.user_id,
+            body: body.trim(),
+            score: (f64::from(graded.score) * 100.0).round() / 100.0,
+            feedback: &graded.feedback,
+            suggestions: &graded.suggestions,
+            status,
+            now: state.now(),
+        })
+        .await?;
+    // A mastered ticket stays mastered after a weaker answer.
+    let final_status = if ticket.status == TicketStatus::Mastered { TicketStatus::Mastered } else { status };
+    Ok((stored, final_status))
+}
+
+/// Reloads the search index when another process (such as
+/// `learntrac ingest`) adds chunks to the database. Checks every 10 seconds.
+pub async fn watch_library(state: AppState) {
+    let mut known = state.store.chunk_watermark().await.ok();
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        interval.tick().await;
+        let current = match state.store.chunk_watermark().await {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "cannot check the library for new books");
+                continue;
+            }
+        };
+        if Some(current) == known {
+            continue;
+        }
+        match load_index(&state.store).await {
+            Ok(index) => {
+                *state.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+                known = Some(current);
+            }
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "cannot reload the search index"),
+        }
+    }
+}
