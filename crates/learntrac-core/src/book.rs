@@ -85,6 +85,19 @@ pub fn is_outline_number(token: &str) -> bool {
     }) && token.chars().any(|c| c.is_ascii_digit() || c == '.')
 }
 
+/// Returns whether a heading names back matter that teaches nothing:
+/// an index, a bibliography, a list of references or a table of contents.
+pub fn is_back_matter(heading: &str) -> bool {
+    let title = strip_number(heading).to_lowercase();
+    let title = title.trim_end_matches('.');
+    title == "index"
+        || title.ends_with(" index")
+        || title.ends_with(" indices")
+        || title.ends_with("bibliography")
+        || title.ends_with("references")
+        || matches!(title, "contents" | "table of contents")
+}
+
 /// A passage of a section, small enough to embed and show as a search hit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chunk {
@@ -112,9 +125,14 @@ impl Book {
     }
 
     /// Splits every section's text into chunks of about [`CHUNK_CHARS`].
+    /// Back matter (indexes, bibliographies) gets none, so it is never
+    /// found by search nor made into a concept.
     pub fn chunks(&self) -> Vec<Chunk> {
         let mut chunks = Vec::new();
         for (index, section) in self.sections.iter().enumerate() {
+            if is_back_matter(&section.heading) {
+                continue;
+            }
             for text in split_into_chunks(&section.text, CHUNK_CHARS) {
                 chunks.push(Chunk { section: index, text });
             }
@@ -165,6 +183,16 @@ mod tests {
         assert_eq!(strip_number("Preface"), "Preface");
         assert_eq!(strip_number("R and statistics"), "R and statistics");
         assert_eq!(strip_number("4 Ordered factors"), "Ordered factors");
+    }
+
+    #[test]
+    fn back_matter_is_recognised() {
+        assert!(is_back_matter("E Concept index"));
+        assert!(is_back_matter("Index"));
+        assert!(is_back_matter("D Function and variable index"));
+        assert!(is_back_matter("Appendix F References"));
+        assert!(!is_back_matter("2.7 Index vectors; selecting and modifying subsets"));
+        assert!(!is_back_matter("5.3 Index matrices"));
     }
 
     #[test]

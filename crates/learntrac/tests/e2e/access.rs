@@ -1,0 +1,178 @@
+//! Authentication at the gateway: HTTPS only, every request with a valid token.
+
+use serde_json::Value;
+
+use crate::harness::{PASSWORD, Server};
+
+#[tokio::test]
+async fn plain_http_redirects_to_https() {
+    let server = Server::start().await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let response = client.get(format!("http://127.0.0.1:{}/wiki/WikiStart?x=1", server.http_port)).send().await.expect("http");
+    assert_eq!(response.status(), 308);
+    assert_eq!(response.headers()["location"], format!("https://127.0.0.1:{}/wiki/WikiStart?x=1", server.https_port).as_str());
+    let response = client.post(format!("http://127.0.0.1:{}/oauth2/token", server.http_port)).send().await.expect("http");
+    assert_eq!(response.status(), 308, "nothing is served over plain HTTP");
+}
+
+#[tokio::test]
+async fn api_without_valid_token_is_401() {
+    let server = Server::start().await;
+    server.add_user("learner@example.org", "students");
+
+    let response = server.client.get(server.url("/api/v1/paths")).send().await.expect("request");
+    assert_eq!(response.status(), 401);
+    let challenge = response.headers()["www-authenticate"].to_str().expect("ascii").to_string();
+    assert!(challenge.starts_with("Bearer"), "{challenge}");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"], "unauthorized");
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+
+    let tokens: Value = server.token_response("learner@example.org", PASSWORD).await.json().await.expect("json");
+    for field in ["access_token", "id_token", "refresh_token", "token_type", "expires_in"] {
+        assert!(!tokens[field].is_null(), "token response has {field}: {tokens}");
+    }
+    assert_eq!(tokens["token_type"], "Bearer");
+    let access = tokens["access_token"].as_str().expect("access");
+    let id_token = tokens["id_token"].as_str().expect("id");
+
+    let mut tampered = access.to_string();
+    let last = tampered.pop().map_or('A', |c| if c == 'A' { 'B' } else { 'A' });
+    tampered.push(last);
+    for (label, token) in [("tampered", tampered.as_str()), ("id token", id_token), ("garbage", "abc.def.ghi")] {
+        let response = server.client.get(server.url("/api/v1/paths")).bearer_auth(token).send().await.expect("request");
+        assert_eq!(response.status(), 401, "{label}");
+        assert!(response.headers().contains_key("www-authenticate"), "{label}");
+    }
+    let (status, _) = server.get_json(access, "/api/v1/paths").await;
+    assert_eq!(status, 200);
+
+    // A second server has its own key: its tokens are not accepted here.
+    let other = Server::start().await;
+    other.add_user("learner@example.org", "students");
+    let foreign = other.token("learner@example.org").await;
+    let (status, _) = server.get_json(&foreign, "/api/v1/paths").await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn keys_and_discovery_are_published() {
+    let server = Server::start().await;
+    let jwks: Value = server.client.get(server.url("/.well-known/jwks.json")).send().await.expect("jwks").json().await.expect("json");
+    let key = &jwks["keys"][0];
+    assert_eq!(key["kty"], "RSA");
+    assert_eq!(key["alg"], "RS256");
+    assert!(key["n"].as_str().is_some_and(|n| n.len() > 300), "2048-bit modulus");
+    let discovery: Value = server.client.get(server.url("/.well-known/openid-configuration")).send().await.expect("discovery").json().await.expect("json");
+    assert_eq!(discovery["issuer"], server.base.as_str());
+    assert_eq!(discovery["jwks_uri"], format!("{}/.well-known/jwks.json", server.base).as_str());
+}
+
+#[tokio::test]
+async fn refresh_tokens_work_once() {
+    let server = Server::start().await;
+    server.add_user("learner@example.org", "students");
+    let tokens: Value = server.token_response("learner@example.org", PASSWORD).await.json().await.expect("json");
+    let refresh = tokens["refresh_token"].as_str().expect("refresh");
+    let form = [("grant_type", "refresh_token"), ("client_id", "learntrac-cli"), ("refresh_token", refresh)];
+    let first = server.client.post(server.url("/oauth2/token")).form(&form).send().await.expect("refresh");
+    assert_eq!(first.status(), 200);
+    let renewed: Value = first.json().await.expect("json");
+    let (status, _) = server.get_json(renewed["access_token"].as_str().expect("access"), "/api/v1/me").await;
+    assert_eq!(status, 200);
+    let again = server.client.post(server.url("/oauth2/token")).form(&form).send().await.expect("refresh");
+    assert_eq!(again.status(), 400);
+    let error: Value = again.json().await.expect("json");
+    assert_eq!(error["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_look_the_same() {
+    let server = Server::start().await;
+    server.add_user("learner@example.org", "students");
+    let wrong = server.token_response("learner@example.org", "Wrong-pass-1!").await;
+    let wrong_status = wrong.status();
+    let wrong_body: Value = wrong.json().await.expect("json");
+    let unknown = server.token_response("nobody@example.org", "Wrong-pass-1!").await;
+    assert_eq!(wrong_status, unknown.status());
+    let unknown_body: Value = unknown.json().await.expect("json");
+    assert_eq!(wrong_body, unknown_body);
+    assert_eq!(wrong_body["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn pages_redirect_to_sign_in() {
+    let server = Server::start().await;
+    server.add_user("learner@example.org", "students");
+    for path in ["/wiki/WikiStart", "/roadmap", "/ticket/1", "/library"] {
+        let response = server.client.get(server.url(path)).send().await.expect("page");
+        assert_eq!(response.status(), 303, "{path}");
+        let location = response.headers()["location"].to_str().expect("ascii");
+        assert!(location.starts_with("/login?next="), "{path} -> {location}");
+    }
+    let response = server.client.get(server.url("/wiki/WikiStart")).header("cookie", "lt_session=forged").send().await.expect("page");
+    assert_eq!(response.status(), 303, "an invalid session cookie is not a session");
+
+    let cookie = server.sign_in("learner@example.org", PASSWORD).await;
+    let page = server.client.get(server.url("/wiki/WikiStart")).header("cookie", &cookie).send().await.expect("page");
+    assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
+    assert!(headers.contains_key("strict-transport-security"));
+    assert!(headers.contains_key("content-security-policy"));
+    assert!(headers.contains_key("x-request-id"));
+    let html = page.text().await.expect("html");
+    assert!(html.contains("action=\"/paths/preview\""), "the LearningPath macro shows the goal form");
+}
+
+#[tokio::test]
+async fn first_administrator_must_change_password() {
+    let server = Server::start().await;
+    let stderr = server.stderr_text();
+    let one_time = stderr
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("One-time password: "))
+        .unwrap_or_else(|| panic!("no one-time password on stderr: {stderr}"))
+        .to_string();
+    assert!(!server.stdout_text().contains(&one_time), "the password never reaches the log");
+
+    let response = server.token_response("admin@localhost", &one_time).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert!(body["error_description"].as_str().expect("description").contains("changed"), "{body}");
+
+    let response = server
+        .client
+        .post(server.url("/login"))
+        .form(&[("username", "admin@localhost"), ("password", one_time.as_str()), ("next", "/roadmap")])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/account/password");
+    let cookie = response.headers()["set-cookie"].to_str().expect("ascii").split(';').next().expect("pair").to_string();
+    let roadmap = server.client.get(server.url("/roadmap")).header("cookie", &cookie).send().await.expect("page");
+    assert_eq!(roadmap.headers()["location"], "/account/password", "nothing else until the password is changed");
+
+    let weak = server
+        .client
+        .post(server.url("/account/password"))
+        .header("cookie", &cookie)
+        .form(&[("current", one_time.as_str()), ("new_password", "weak")])
+        .send()
+        .await
+        .expect("change");
+    assert_eq!(weak.status(), 400);
+    assert!(weak.text().await.expect("html").contains("upper-case"));
+
+    let changed = server
+        .client
+        .post(server.url("/account/password"))
+        .header("cookie", &cookie)
+        .form(&[("current", one_time.as_str()), ("new_password", "New-Admin-Pass-9")])
+        .send()
+        .await
+        .expect("change");
+    assert_eq!(changed.status(), 303);
+    assert_eq!(server.token_response("admin@localhost", "New-Admin-Pass-9").await.status(), 200);
+    assert_eq!(server.token_response("admin@localhost", &one_time).await.status(), 400, "the one-time password is gone");
+}

@@ -1,0 +1,270 @@
+//! Starts the real `learntrac` binary on free loopback ports with a fresh
+//! data directory and database, and talks to it over HTTPS.
+//!
+//! The database is SQLite in the data directory unless
+//! `LEARNTRAC_DATABASE_URL` names a PostgreSQL server; then each server
+//! gets a new database on it, dropped afterwards.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_learntrac");
+
+/// A test user's password; it meets the password policy.
+pub const PASSWORD: &str = "Learn-Trac-2026!";
+
+/// Directory of the real textbooks: `LEARNTRAC_CORPUS`, or `../shared/corpus`
+/// beside the repository.
+pub fn corpus_dir() -> PathBuf {
+    std::env::var_os("LEARNTRAC_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
+}
+
+pub struct Server {
+    pub data_dir: PathBuf,
+    database: Option<PostgresDatabase>,
+    child: Option<Child>,
+    /// `https://localhost:PORT`
+    pub base: String,
+    pub https_port: u16,
+    pub http_port: u16,
+    pub client: reqwest::Client,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Prepares a data directory and database without starting the server.
+    pub async fn new() -> Server {
+        let data_dir = std::env::temp_dir().join(format!("learntrac-test-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&data_dir).expect("create data dir");
+        let database = match std::env::var("LEARNTRAC_DATABASE_URL") {
+            Ok(url) if url.starts_with("postgres") => Some(PostgresDatabase::create(&url).await),
+            _ => None,
+        };
+        Server {
+            data_dir,
+            database,
+            child: None,
+            base: String::new(),
+            https_port: 0,
+            http_port: 0,
+            client: reqwest::Client::new(),
+            stderr: Arc::default(),
+            stdout: Arc::default(),
+        }
+    }
+
+    /// Prepares and starts a server.
+    pub async fn start() -> Server {
+        let mut server = Server::new().await;
+        server.serve().await;
+        server
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command.env("LEARNTRAC_DATA_DIR", &self.data_dir).env("LEARNTRAC_LOG", "info,learntrac::access=info");
+        match &self.database {
+            Some(db) => command.env("LEARNTRAC_DATABASE_URL", &db.url),
+            None => command.env_remove("LEARNTRAC_DATABASE_URL"),
+        };
+        command
+    }
+
+    /// Runs `learntrac ARGS` on this server's data directory and database.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn learntrac");
+        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+        child.wait_with_output().expect("wait for learntrac")
+    }
+
+    pub fn add_user(&self, email: &str, group: &str) {
+        let output = self.cli(&["user", "add", "--email", email, "--group", group, "--password-stdin"], &format!("{PASSWORD}\n"));
+        assert!(output.status.success(), "user add failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    pub fn ingest(&self, file: &Path) -> String {
+        let output = self.cli(&["ingest", file.to_str().expect("utf-8 path")], "");
+        assert!(output.status.success(), "ingest failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).to_string()
+    }
+
+    /// Starts `learntrac serve` on port 0 and waits for its bound addresses.
+    pub async fn serve(&mut self) {
+        let mut child = self
+            .command()
+            .args(["serve", "--https-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn learntrac serve");
+
+        let (sender, receiver) = mpsc::channel::<(u16, u16)>();
+        let stdout = child.stdout.take().expect("stdout");
+        let stdout_log = self.stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                    if event["fields"]["message"] == "gateway listening" {
+                        let port = |key: &str| {
+                            event["fields"][key].as_str().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap_or(0)
+                        };
+                        let _ = sender.send((port("https"), port("http")));
+                    }
+                }
+                stdout_log.lock().expect("log lock").push_str(&format!("{line}\n"));
+            }
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let stderr_log = self.stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                stderr_log.lock().expect("log lock").push_str(&format!("{line}\n"));
+            }
+        });
+        self.child = Some(child);
+
+        let (https_port, http_port) = match receiver.recv_timeout(Duration::from_secs(60)) {
+            Ok(ports) => ports,
+            Err(_) => panic!("server did not start; stderr:\n{}\nstdout:\n{}", self.stderr_text(), self.stdout_text()),
+        };
+        self.https_port = https_port;
+        self.http_port = http_port;
+        self.base = format!("https://localhost:{https_port}");
+        let ca = std::fs::read(self.data_dir.join("tls/ca.pem")).expect("read generated CA");
+        self.client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA certificate"))
+            .resolve("localhost", ([127, 0, 0, 1], https_port).into())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("HTTP client");
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("log lock").clone()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        self.stdout.lock().expect("log lock").clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Requests tokens with the password grant and returns the whole response.
+    pub async fn token_response(&self, email: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/oauth2/token"))
+            .form(&[("grant_type", "password"), ("client_id", "learntrac-cli"), ("username", email), ("password", password)])
+            .send()
+            .await
+            .expect("token request")
+    }
+
+    /// Returns an access token for a user created with [`PASSWORD`].
+    pub async fn token(&self, email: &str) -> String {
+        let response = self.token_response(email, PASSWORD).await;
+        assert_eq!(response.status(), 200, "token for {email}");
+        let body: Value = response.json().await.expect("token JSON");
+        body["access_token"].as_str().expect("access_token").to_string()
+    }
+
+    pub async fn get_json(&self, token: &str, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).bearer_auth(token).send().await.expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, token: &str, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.client.post(self.url(path)).bearer_auth(token).json(body).send().await.expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Signs in through the form and returns the session cookie (`lt_session=…`).
+    pub async fn sign_in(&self, email: &str, password: &str) -> String {
+        let response = self
+            .client
+            .post(self.url("/login"))
+            .form(&[("username", email), ("password", password), ("next", "/wiki/WikiStart")])
+            .send()
+            .await
+            .expect("sign in");
+        assert_eq!(response.status(), 303, "sign-in redirects");
+        let cookie = response.headers().get("set-cookie").expect("session cookie").to_str().expect("ascii").to_string();
+        cookie.split(';').next().expect("cookie pair").to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(db) = self.database.take() {
+            db.drop_blocking();
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{nanos}{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A database created on the PostgreSQL server for one test.
+struct PostgresDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PostgresDatabase {
+    async fn create(admin_url: &str) -> PostgresDatabase {
+        use sqlx::Connection;
+        let name = format!("lt_test_{}_{}", std::process::id(), unique());
+        let mut connection = sqlx::PgConnection::connect(admin_url).await.expect("connect to LEARNTRAC_DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut connection).await.expect("create database");
+        let (prefix, _) = admin_url.rsplit_once('/').expect("database URL has a path");
+        let (_, query) = admin_url.split_once('?').map_or(("", ""), |(a, q)| (a, q));
+        let url = if query.is_empty() { format!("{prefix}/{name}") } else { format!("{prefix}/{name}?{query}") };
+        PostgresDatabase { admin_url: admin_url.to_string(), name, url }
+    }
+
+    fn drop_blocking(self) {
+        let handle = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut connection) = sqlx::PgConnection::connect(&self.admin_url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                        .execute(&mut connection)
+                        .await;
+                }
+            });
+        });
+        let _ = handle.join();
+    }
+}

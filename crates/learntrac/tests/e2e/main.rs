@@ -1,0 +1,10 @@
+//! End-to-end tests: the real binary, real TLS, a real HTTP client, and
+//! SQLite or PostgreSQL (`LEARNTRAC_DATABASE_URL`). One test binary keeps
+//! link time down.
+#![allow(clippy::expect_used, clippy::panic)]
+
+mod access;
+mod browser;
+mod harness;
+mod input;
+mod learning;
