@@ -108,7 +108,8 @@ fn sentence_score(sentence: &str, index: usize, concept: &[String], frequency: &
 }
 
 /// Phrases the question: "What is X?" when the key sentence defines the
-/// concept, otherwise an open question about the concept.
+/// concept, "What does f() do?" for a function, otherwise an open question
+/// about the concept.
 fn ask(concept: &str, sentences: &[String], chosen: &[usize]) -> String {
     let concept_clean = concept.trim().trim_end_matches(['.', ':']);
     let lower = concept_clean.to_lowercase();
@@ -119,12 +120,15 @@ fn ask(concept: &str, sentences: &[String], chosen: &[usize]) -> String {
             if let Some(at) = sentence_lower.find(verb) {
                 let subject = &sentence_lower[..at];
                 if subject.contains(&lower) && subject.split_whitespace().count() <= 6 {
-                    return format!("What {} {}, according to the text?", verb.trim(), lower);
+                    return format!("What {} {}, according to the text?", verb.trim(), lower_first(concept_clean));
                 }
             }
         }
     }
-    format!("Explain {}: what does it mean and how is it used, according to the text?", lower_first(concept_clean))
+    if concept_clean.contains("()") && concept_clean.split_whitespace().count() <= 3 {
+        return format!("What does {concept_clean} do, and when would you use it?");
+    }
+    format!("How does the text explain {}, and why does it matter?", lower_first(concept_clean))
 }
 
 fn lower_first(text: &str) -> String {

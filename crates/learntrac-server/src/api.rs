@@ -2,13 +2,13 @@
 //! every call needs a valid bearer token.
 
 use axum::body::Bytes;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use learntrac_core::grade::MASTERY;
 use learntrac_core::search::Hit;
 use learntrac_store::{PathRecord, Ticket};
 use serde::Deserialize;
@@ -24,7 +24,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/me", get(me))
-        .route("/books", get(list_books).post(upload_book))
+        .route("/books", get(list_books))
         .route("/search", post(search))
         .route("/paths", get(list_paths).post(create_path))
         .route("/paths/{id}", get(get_path))
@@ -32,7 +32,12 @@ pub fn routes() -> Router<AppState> {
         .route("/tickets/{id}", get(get_ticket))
         .route("/tickets/{id}/answers", get(list_answers).post(post_answer))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
 }
+
+/// Largest JSON request body; book uploads have their own, larger limit.
+pub const MAX_JSON_BYTES: usize = 1024 * 1024;
 
 /// A JSON body whose rejection is an [`ApiError`] naming the problem.
 pub struct JsonBody<T>(pub T);
@@ -45,6 +50,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             Ok(Json(value)) => Ok(JsonBody(value)),
             Err(JsonRejection::MissingJsonContentType(_)) => {
                 Err(ApiError::bad_request("invalid_json", "send the body as JSON with Content-Type: application/json"))
+            }
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge { limit: MAX_JSON_BYTES })
             }
             Err(rejection) => Err(ApiError::bad_request("invalid_json", rejection.body_text())),
         }
@@ -61,6 +69,10 @@ pub fn parse_id(raw: &str, what: &str) -> ApiResult<i64> {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("API route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 async fn openapi() -> Response {
@@ -85,17 +97,32 @@ async fn upload_book(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
     Query(query): Query<UploadQuery>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     require_staff(&user, "add books to the library")?;
-    let Some(name) = query.name.filter(|n| !n.trim().is_empty()) else {
+    let Some(name) = query.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) else {
         return Err(ApiError::bad_request("missing_name", "name the file with ?name=FILE.pdf (or .html, .md)"));
     };
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit: state.config.max_upload_bytes }
+        } else {
+            ApiError::bad_request("invalid_upload", rejection.body_text())
+        }
+    })?;
     if body.is_empty() {
         return Err(ApiError::bad_request("empty_body", "the request body is empty; send the file's bytes"));
     }
-    let record = service::ingest_book(&state, body.to_vec(), &name, Some(user.user_id)).await?;
+    let record = service::ingest_book(&state, body.to_vec(), name, Some(user.user_id)).await?;
     Ok((StatusCode::CREATED, Json(json!(record))))
+}
+
+/// The upload route, with the configured upload size limit in place of the
+/// JSON limit.
+pub fn upload_routes(max_upload_bytes: usize) -> Router<AppState> {
+    Router::new()
+        .route("/books", post(upload_book))
+        .layer(DefaultBodyLimit::max(max_upload_bytes))
 }
 
 pub fn require_staff(user: &Principal, action: &str) -> ApiResult<()> {
@@ -126,7 +153,11 @@ pub fn passage_json(hit: &Hit) -> Value {
 }
 
 async fn search(State(state): State<AppState>, ApiUser(_): ApiUser, JsonBody(request): JsonBody<SearchRequest>) -> ApiResult<Json<Value>> {
-    let hits = service::search(&state, &request.query, request.limit.unwrap_or(10))?;
+    let limit = request.limit.unwrap_or(10);
+    if !(1..=service::MAX_PASSAGES).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_limit", format!("limit must be from 1 to {}", service::MAX_PASSAGES)));
+    }
+    let hits = service::search(&state, &request.query, limit)?;
     Ok(Json(json!({ "query": request.query.trim(), "passages": hits.iter().map(passage_json).collect::<Vec<_>>() })))
 }
 
@@ -212,7 +243,7 @@ async fn post_answer(
     Path(id): Path<String>,
     JsonBody(request): JsonBody<AnswerRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let (answer, status) = service::answer(&state, &user, parse_id(&id, "ticket")?, &request.answer).await?;
+    let (answer, mastered, status) = service::answer(&state, &user, parse_id(&id, "ticket")?, &request.answer).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -220,7 +251,7 @@ async fn post_answer(
             "score": answer.score,
             "feedback": answer.feedback,
             "suggestions": answer.suggestions,
-            "mastered": answer.score >= f64::from(MASTERY),
+            "mastered": mastered,
             "status": status,
         })),
     ))
@@ -229,4 +260,30 @@ async fn post_answer(
 async fn list_answers(State(state): State<AppState>, ApiUser(user): ApiUser, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let ticket = service::visible_ticket(&state, &user, parse_id(&id, "ticket")?).await?;
     Ok(Json(json!({ "ticket_id": ticket.id, "answers": state.store.answers(ticket.id).await? })))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_documents_every_route() {
+        let document: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).expect("openapi.json is JSON");
+        assert!(document["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+        for (path, method) in [
+            ("/api/v1/openapi.json", "get"),
+            ("/api/v1/me", "get"),
+            ("/api/v1/books", "get"),
+            ("/api/v1/books", "post"),
+            ("/api/v1/search", "post"),
+            ("/api/v1/paths", "get"),
+            ("/api/v1/paths", "post"),
+            ("/api/v1/paths/{id}", "get"),
+            ("/api/v1/paths/{id}/graph.svg", "get"),
+            ("/api/v1/tickets/{id}", "get"),
+            ("/api/v1/tickets/{id}/answers", "get"),
+            ("/api/v1/tickets/{id}/answers", "post"),
+            ("/oauth2/token", "post"),
+        ] {
+            assert!(document["paths"][path][method].is_object(), "{method} {path} is not documented");
+        }
+    }
 }

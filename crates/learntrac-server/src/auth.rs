@@ -201,7 +201,7 @@ impl FromRequestParts<AppState> for ApiUser {
             tracing::info!(target: "learntrac::security", path = parts.uri.path(), "request without a bearer token");
             return Err(ApiError::Unauthorized);
         };
-        let principal = authenticate(state, token, "bearer").ok_or(ApiError::Unauthorized)?;
+        let principal = authenticate(state, token, "bearer").ok_or(ApiError::InvalidToken)?;
         if principal.password_change_required {
             return Err(ApiError::Forbidden("the password must be changed first; sign in at /login".into()));
         }

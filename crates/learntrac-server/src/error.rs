@@ -12,14 +12,19 @@ pub enum ApiError {
     /// A malformed or invalid request; `code` is stable and greppable.
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
-    /// Missing, invalid or expired credentials. The exact reason has been
-    /// logged on the security target; the client sees a generic message.
-    #[error("authentication required")]
+    /// No credentials were sent.
+    #[error("authentication required; send an access token as Authorization: Bearer TOKEN")]
     Unauthorized,
+    /// Invalid or expired credentials. The exact reason has been logged on
+    /// the security target; the client sees a generic message.
+    #[error("the access token is invalid or expired; get a new one from /oauth2/token")]
+    InvalidToken,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0} not found")]
     NotFound(String),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
     #[error("the request body is larger than {limit} bytes")]
@@ -38,9 +43,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -52,8 +58,10 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. } => code,
             ApiError::Unauthorized => "unauthorized",
+            ApiError::InvalidToken => "invalid_token",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::TooManyRequests { .. } => "rate_limited",
@@ -95,10 +103,15 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Adds `WWW-Authenticate` to a 401 and `Retry-After` to a 429.
+/// Adds `WWW-Authenticate` to a 401 (with `error="invalid_token"` only
+/// when a token was sent, as RFC 6750 section 3.1 asks) and `Retry-After`
+/// to a 429.
 pub fn add_challenge(error: &ApiError, response: &mut Response) {
     match error {
         ApiError::Unauthorized => {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"learntrac\""));
+        }
+        ApiError::InvalidToken => {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"learntrac\", error=\"invalid_token\""),

@@ -33,13 +33,13 @@ pub fn current_request_id() -> String {
 
 /// All routes of all roles, behind the gateway's middleware.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.config.max_upload_bytes;
+    let max_upload = state.config.max_upload_bytes;
     Router::new()
         .merge(idp::routes())
-        .nest("/api/v1", api::routes())
-        .merge(pages::routes())
+        .nest("/api/v1", api::upload_routes(max_upload).merge(api::routes()))
+        .merge(pages::routes(max_upload))
         .route("/healthz", get(health))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::extract::DefaultBodyLimit::max(api::MAX_JSON_BYTES))
         .layer(middleware::from_fn(gateway_layer))
         .with_state(state)
 }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use axum::extract::rejection::FormRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -38,14 +39,15 @@ async fn discovery(State(state): State<AppState>) -> Json<serde_json::Value> {
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "token_endpoint": format!("{issuer}/oauth2/token"),
-        "authorization_endpoint": format!("{issuer}/login"),
         "end_session_endpoint": format!("{issuer}/logout"),
         "grant_types_supported": ["password", "refresh_token"],
-        "response_types_supported": ["token"],
+        // NOTE: there is no authorization endpoint yet, so no response type
+        // is supported; scripts use the password grant.
+        "response_types_supported": [],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "token_endpoint_auth_methods_supported": ["none"],
-        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "email", "name", "groups", "token_use"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "email", "name", "groups", "token_use", "password_change_required"],
     }))
 }
 
@@ -67,11 +69,12 @@ struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: String,
+    retry_after: Option<u64>,
 }
 
 impl OAuthError {
     fn new(error: &'static str, description: impl Into<String>) -> OAuthError {
-        OAuthError { status: StatusCode::BAD_REQUEST, error, description: description.into() }
+        OAuthError { status: StatusCode::BAD_REQUEST, error, description: description.into(), retry_after: None }
     }
 }
 
@@ -80,24 +83,39 @@ impl IntoResponse for OAuthError {
         let body = Json(serde_json::json!({ "error": self.error, "error_description": self.description }));
         let mut response = (self.status, body).into_response();
         response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(seconds) = self.retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, seconds);
+        }
         response
     }
 }
 
 impl From<ApiError> for OAuthError {
     fn from(error: ApiError) -> OAuthError {
-        OAuthError { status: error.status(), error: error.code(), description: error.public_message() }
+        let retry_after = match &error {
+            ApiError::TooManyRequests { retry_after } => Some(*retry_after),
+            _ => None,
+        };
+        // RFC 6749 has no code for these two, so they keep LearnTrac's own.
+        let code = match &error {
+            ApiError::BadRequest { .. } => "invalid_request",
+            other => other.code(),
+        };
+        OAuthError { status: error.status(), error: code, description: error.public_message(), retry_after }
     }
 }
 
 async fn token(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Form(request): Form<TokenRequest>,
+    request: Result<Form<TokenRequest>, FormRejection>,
 ) -> Result<Response, OAuthError> {
     state
         .limiter
         .check(&format!("sign-in:{}", peer.ip()), SIGN_IN_LIMIT, Duration::from_secs(60), Instant::now())?;
+    let Form(request) = request.map_err(|rejection| {
+        OAuthError::new("invalid_request", format!("send the parameters form-encoded (application/x-www-form-urlencoded): {}", rejection.body_text()))
+    })?;
     if request.client_id.as_deref() != Some(CLI_CLIENT_ID) {
         let mut error = OAuthError::new("invalid_client", format!("unknown client_id; use {CLI_CLIENT_ID}"));
         error.status = StatusCode::UNAUTHORIZED;
@@ -135,9 +153,13 @@ async fn token(
                 None => None,
             };
             match user {
-                Some(user) if !user.disabled => user,
+                Some(user) if !user.disabled && !user.must_change_password => user,
                 _ => {
-                    tracing::warn!(target: "learntrac::security", ip = %peer.ip(), "refresh token invalid, used, expired or for a disabled user");
+                    tracing::warn!(
+                        target: "learntrac::security",
+                        ip = %peer.ip(),
+                        "refresh token invalid, used, expired, or its user is disabled or must change the password"
+                    );
                     return Err(OAuthError::new("invalid_grant", "the refresh token is invalid or expired"));
                 }
             }

@@ -17,7 +17,8 @@ use crate::auth::{PageUser, Principal};
 use crate::error::ApiError;
 use crate::{graph, service, wiki};
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(max_upload_bytes: usize) -> Router<AppState> {
+    let upload_form = post(upload).layer(axum::extract::DefaultBodyLimit::max(max_upload_bytes));
     Router::new()
         .route("/", get(|| async { Redirect::to("/wiki/WikiStart") }))
         .route("/wiki/{name}", get(wiki_page).post(save_wiki_page))
@@ -26,7 +27,7 @@ pub fn routes() -> Router<AppState> {
         .route("/paths/{id}", get(path_page))
         .route("/ticket/{id}", get(ticket_page).post(answer_ticket))
         .route("/roadmap", get(roadmap))
-        .route("/library", get(library).post(upload))
+        .route("/library", get(library).merge(upload_form))
         .route_layer(middleware::from_fn(same_origin_posts))
 }
 
@@ -117,7 +118,7 @@ table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;pad
 
 /// Wraps `body` in the page layout with the navigation bar.
 pub fn layout(title: &str, user: Option<&Principal>, body: &str) -> Html<String> {
-    let who = match user {
+    let account_links = match user {
         Some(u) => format!(
             "<span class=\"who\">{} · <a href=\"/account/password\">Password</a> · <a href=\"/logout\">Sign out</a></span>",
             escape(&u.email)
@@ -127,7 +128,7 @@ pub fn layout(title: &str, user: Option<&Principal>, body: &str) -> Html<String>
     Html(format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · LearnTrac</title><style>{STYLE}</style></head><body><header><strong><a href=\"/\">LearnTrac</a></strong>\
-         <a href=\"/wiki/WikiStart\">Wiki</a><a href=\"/roadmap\">Roadmap</a><a href=\"/library\">Library</a>{who}</header><main>{body}</main></body></html>",
+         <a href=\"/wiki/WikiStart\">Wiki</a><a href=\"/roadmap\">Roadmap</a><a href=\"/library\">Library</a>{account_links}</header><main>{body}</main></body></html>",
         escape(title)
     ))
 }
@@ -136,7 +137,7 @@ fn status_badge(status: learntrac_store::TicketStatus) -> String {
     format!("<span class=\"status status-{0}\">{0}</span>", status.as_str())
 }
 
-/// The form that the `[[LearningPath]]` macro shows.
+/// Returns the goal form that the `[[LearningPath]]` macro expands to.
 fn learning_path_form() -> String {
     "<form method=\"post\" action=\"/paths/preview\" class=\"learning-path\">\
      <label>What do you want to learn? <textarea name=\"goal\" required maxlength=\"500\" \

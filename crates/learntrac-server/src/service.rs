@@ -12,12 +12,12 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 
-/// Most passages a search or a path preview returns.
+/// Most passages a search returns.
 pub const MAX_PASSAGES: usize = 20;
 /// Default and maximum number of concepts in a new path.
 pub const DEFAULT_CONCEPTS: usize = 8;
 pub const MAX_CONCEPTS: usize = 20;
-/// Longest goal accepted, in characters.
+/// Maximum length of a goal or search query, in characters.
 const MAX_GOAL_CHARS: usize = 500;
 
 /// Builds the in-memory search index from every stored chunk.
@@ -48,7 +48,10 @@ pub async fn load_index(store: &Store) -> anyhow::Result<Index> {
 /// Parses, chunks, embeds and stores a book, then adds it to the index.
 pub async fn ingest_book(state: &AppState, bytes: Vec<u8>, file_name: &str, created_by: Option<i64>) -> ApiResult<BookRecord> {
     let format = Format::from_file_name(file_name).ok_or_else(|| {
-        ApiError::bad_request("unsupported_format", format!("cannot tell the format of {file_name:?}; name the file .pdf, .html or .md"))
+        ApiError::bad_request(
+            "unsupported_format",
+            format!("cannot tell the format of {file_name:?}; name the file .pdf, .html, .htm, .xhtml, .md or .markdown"),
+        )
     })?;
     let (book, chunks) = tokio::task::spawn_blocking(move || parse_and_embed(&bytes, format))
         .await
@@ -179,7 +182,9 @@ pub async fn visible_ticket(state: &AppState, user: &Principal, id: i64) -> ApiR
 }
 
 /// Grades and stores an answer by the ticket's owner.
-pub async fn answer(state: &AppState, user: &Principal, ticket_id: i64, body: &str) -> ApiResult<(Answer, TicketStatus)> {
+/// Returns the stored answer, whether this answer reached mastery, and the
+/// ticket's status after it.
+pub async fn answer(state: &AppState, user: &Principal, ticket_id: i64, body: &str) -> ApiResult<(Answer, bool, TicketStatus)> {
     let ticket = visible_ticket(state, user, ticket_id).await?;
     if ticket.owner_id != user.user_id {
         return Err(ApiError::Forbidden("only the learner who owns this ticket can answer it".into()));
@@ -202,7 +207,7 @@ pub async fn answer(state: &AppState, user: &Principal, ticket_id: i64, body: &s
         .await?;
     // A mastered ticket stays mastered after a weaker answer.
     let final_status = if ticket.status == TicketStatus::Mastered { TicketStatus::Mastered } else { status };
-    Ok((stored, final_status))
+    Ok((stored, graded.mastered(), final_status))
 }
 
 /// Reloads the search index when another process (such as

@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Args, Clone)]
 pub struct DataArgs {
-    /// Directory that holds the database, keys, certificates and settings.
+    /// Directory for the database, keys, certificates and settings.
     #[arg(long, env = "LEARNTRAC_DATA_DIR", default_value = "./learntrac-data")]
     pub data_dir: PathBuf,
     /// Database URL (sqlite://PATH or postgres://USER:PASSWORD@HOST/DB);

@@ -62,6 +62,26 @@ async fn invalid_requests_are_explained() {
     assert!(error["message"].as_str().expect("message").contains("999999"));
     let (status, _) = server.get_json(&token, "/api/v1/no-such-route").await;
     assert_eq!(status, 404);
+
+    let response = server.client.delete(server.url("/api/v1/paths")).bearer_auth(&token).send().await.expect("delete");
+    assert_eq!(response.status(), 405);
+    let error: Value = response.json().await.expect("json body on 405");
+    assert_eq!(error["error"], "method_not_allowed");
+
+    let huge = json!({"answer": "word ".repeat(400_000)});
+    let (status, error) = server.post_json(&token, &answers, &huge).await;
+    assert_eq!(status, 413, "{error}");
+    assert_eq!(error["error"], "payload_too_large");
+
+    let (status, error) = server.post_json(&token, "/api/v1/search", &json!({"query": "vectors", "limit": 500})).await;
+    assert_eq!(status, 400);
+    assert_eq!(error["error"], "invalid_limit");
+
+    let response = server.client.post(server.url("/oauth2/token")).json(&json!({"grant_type": "password"})).send().await.expect("token");
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.expect("json");
+    assert_eq!(error["error"], "invalid_request");
+    assert!(error["error_description"].as_str().expect("description").contains("form-encoded"));
 }
 
 #[tokio::test]

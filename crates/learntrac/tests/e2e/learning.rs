@@ -171,8 +171,32 @@ async fn instructor_uploads_markdown_book() {
     assert_eq!(status, 200);
     assert_eq!(found["passages"][0]["heading"], "1.2 The median", "{found}");
 
+    // The library page's upload form takes a multipart file.
+    let cookie = server.sign_in("teacher@example.org", PASSWORD).await;
+    let boundary = "learntrac-test-boundary";
+    let html_book = "<html><head><title>Site</title></head><body><h1>Graph theory</h1><p>A graph has vertices.</p>\
+                     <h2>1.1 Trees</h2><p>A tree is a connected graph without cycles. <script>alert(1)</script></p></body></html>";
+    let form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"book\"; filename=\"graphs.html\"\r\nContent-Type: text/html\r\n\r\n{html_book}\r\n--{boundary}--\r\n"
+    );
+    let response = server
+        .client
+        .post(server.url("/library"))
+        .header("cookie", &cookie)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(form)
+        .send()
+        .await
+        .expect("upload form");
+    assert_eq!(response.status(), 303);
+    let page = server.client.get(server.url("/library")).header("cookie", &cookie).send().await.expect("library").text().await.expect("html");
+    assert!(page.contains("Graph theory") && page.contains("Statistics basics"), "{page}");
+    let (_, found) = server.post_json(&learner, "/api/v1/search", &json!({"query": "tree without cycles"})).await;
+    assert_eq!(found["passages"][0]["heading"], "1.1 Trees", "{found}");
+    assert!(!found["passages"][0]["text"].as_str().expect("text").contains("alert"), "scripts are not book text");
+
     let response = server.client.post(server.url("/api/v1/books?name=notes.docx")).bearer_auth(&teacher).body("x").send().await.expect("upload");
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.expect("json");
-    assert!(error["message"].as_str().expect("message").contains(".pdf, .html or .md"), "{error}");
+    assert!(error["message"].as_str().expect("message").contains(".md or .markdown"), "{error}");
 }
