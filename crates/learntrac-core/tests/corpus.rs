@@ -19,7 +19,7 @@ fn load(name: &str) -> Book {
     let path = corpus_file(name);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| unreachable!("cannot read {}: {e}", path.display()));
     let format = Format::from_file_name(name).unwrap_or(Format::Pdf);
-    ingest::parse(&bytes, format).unwrap_or_else(|e| unreachable!("cannot parse {name}: {e}"))
+    ingest::parse(&bytes, format, name).unwrap_or_else(|e| unreachable!("cannot parse {name}: {e}"))
 }
 
 #[test]

@@ -25,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/openapi.json", get(openapi))
         .route("/me", get(me))
         .route("/books", get(list_books))
+        .route("/books/{id}", axum::routing::delete(delete_book))
         .route("/search", post(search))
         .route("/paths", get(list_paths).post(create_path))
         .route("/paths/{id}", get(get_path))
@@ -115,6 +116,12 @@ async fn upload_book(
     }
     let record = service::ingest_book(&state, body.to_vec(), name, Some(user.user_id)).await?;
     Ok((StatusCode::CREATED, Json(json!(record))))
+}
+
+async fn delete_book(State(state): State<AppState>, ApiUser(user): ApiUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    require_staff(&user, "delete books")?;
+    service::delete_book(&state, parse_id(&id, "book")?).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The upload route, with the configured upload size limit in place of the

@@ -48,6 +48,9 @@ pub struct Claims {
     /// before doing anything else.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub password_change_required: bool,
+    /// The user's token version at issue; a password change raises it.
+    #[serde(default)]
+    pub ver: i64,
 }
 
 /// The authenticated user of a request, from a validated token.
@@ -94,6 +97,7 @@ pub fn issue(
         name: user.name.clone(),
         groups: user.groups.clone(),
         password_change_required: user.must_change_password,
+        ver: user.token_version,
     };
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(keys.kid.clone());
@@ -161,15 +165,71 @@ fn principal_from(claims: Claims) -> Option<Principal> {
     })
 }
 
-/// Validates `token` and logs the reason when it is rejected.
-fn authenticate(state: &AppState, token: &str, source: &str) -> Option<Principal> {
-    match validate_access(&state.keys, &state.config.public_url, token, state.now()) {
-        Ok(claims) => principal_from(claims),
+/// How long a token's revocation check is reused before the database is
+/// asked again. Within one process, a password change or sign-out clears
+/// the cache at once; other processes notice within this time.
+const REVOCATION_CHECK_SECONDS: u64 = 5;
+
+/// Cached answers to "is this token id still accepted?".
+#[derive(Default)]
+pub struct RevocationCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
+}
+
+impl RevocationCache {
+    fn get(&self, jti: &str) -> Option<bool> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (checked, accepted) = entries.get(jti)?;
+        (checked.elapsed().as_secs() < REVOCATION_CHECK_SECONDS).then_some(*accepted)
+    }
+
+    fn put(&self, jti: &str, accepted: bool) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= 100_000 {
+            entries.clear();
+        }
+        entries.insert(jti.to_string(), (std::time::Instant::now(), accepted));
+    }
+
+    /// Forgets every cached answer, after a sign-out or password change.
+    pub fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// Validates `token` (signature and claims, then revocation) and logs the
+/// reason when it is rejected. `Ok(None)` means rejected.
+pub async fn authenticate(state: &AppState, token: &str, source: &str) -> Result<Option<(Principal, Claims)>, ApiError> {
+    let claims = match validate_access(&state.keys, &state.config.public_url, token, state.now()) {
+        Ok(claims) => claims,
         Err(reason) => {
             tracing::warn!(target: "learntrac::security", source, reason = %reason, "token rejected");
-            None
+            return Ok(None);
         }
+    };
+    let Some(principal) = principal_from(claims.clone()) else {
+        tracing::warn!(target: "learntrac::security", source, sub = %claims.sub, "token rejected: subject is not a user id");
+        return Ok(None);
+    };
+
+    let accepted = match state.revocations.get(&claims.jti) {
+        Some(accepted) => accepted,
+        None => {
+            let accepted = state.store.token_accepted(principal.user_id, &claims.jti, claims.ver).await?;
+            state.revocations.put(&claims.jti, accepted);
+            accepted
+        }
+    };
+    if !accepted {
+        tracing::warn!(
+            target: "learntrac::security",
+            source,
+            user_id = principal.user_id,
+            "token rejected: signed out, password changed since, or user disabled or deleted"
+        );
+        return Ok(None);
     }
+    Ok(Some((principal, claims)))
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -201,7 +261,7 @@ impl FromRequestParts<AppState> for ApiUser {
             tracing::info!(target: "learntrac::security", path = parts.uri.path(), "request without a bearer token");
             return Err(ApiError::Unauthorized);
         };
-        let principal = authenticate(state, token, "bearer").ok_or(ApiError::InvalidToken)?;
+        let (principal, _) = authenticate(state, token, "bearer").await?.ok_or(ApiError::InvalidToken)?;
         if principal.password_change_required {
             return Err(ApiError::Forbidden("the password must be changed first; sign in at /login".into()));
         }
@@ -212,29 +272,39 @@ impl FromRequestParts<AppState> for ApiUser {
 /// A signed-in browser user; anyone else is sent to the sign-in page.
 pub struct PageUser(pub Principal);
 
-/// Redirect to the sign-in page, coming back to the requested page after.
-pub struct SignInRedirect(String);
+/// The session of a signed-in browser user, with its token's claims.
+pub struct Session {
+    pub principal: Principal,
+    pub claims: Claims,
+}
 
-impl IntoResponse for SignInRedirect {
-    fn into_response(self) -> Response {
-        Redirect::to(&self.0).into_response()
+impl FromRequestParts<AppState> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Session, Response> {
+        let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let to_sign_in = || Redirect::to(&format!("/login?next={}", crate::pages::url_encode(next))).into_response();
+        let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+            return Err(to_sign_in());
+        };
+        let authenticated = authenticate(state, token, "session")
+            .await
+            .map_err(|error| crate::pages::PageError(error).into_response())?;
+        let Some((principal, claims)) = authenticated else {
+            return Err(to_sign_in());
+        };
+        if principal.password_change_required && parts.uri.path() != "/account/password" {
+            return Err(Redirect::to("/account/password").into_response());
+        }
+        Ok(Session { principal, claims })
     }
 }
 
 impl FromRequestParts<AppState> for PageUser {
-    type Rejection = SignInRedirect;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<PageUser, SignInRedirect> {
-        let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let to_sign_in = || SignInRedirect(format!("/login?next={}", crate::pages::url_encode(next)));
-        let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
-            return Err(to_sign_in());
-        };
-        let principal = authenticate(state, token, "session").ok_or_else(to_sign_in)?;
-        if principal.password_change_required && parts.uri.path() != "/account/password" {
-            return Err(SignInRedirect("/account/password".into()));
-        }
-        Ok(PageUser(principal))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<PageUser, Response> {
+        Ok(PageUser(Session::from_request_parts(parts, state).await?.principal))
     }
 }
 
@@ -259,6 +329,7 @@ mod tests {
             must_change_password: false,
             disabled: false,
             created_at: 0,
+            token_version: 0,
         }
     }
 

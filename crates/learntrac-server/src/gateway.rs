@@ -81,7 +81,9 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("strict-transport-security", "max-age=31536000; includeSubDomains"),
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
+    // "no-referrer" would make browsers send `Origin: null` on same-site form
+    // posts, which the cross-site check must then reject.
+    ("referrer-policy", "same-origin"),
     (
         "content-security-policy",
         "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
@@ -99,6 +101,30 @@ fn role_of(path: &str) -> &'static str {
     } else {
         "trac"
     }
+}
+
+/// Rejects a form post whose `Origin` is not this site, on top of the
+/// SameSite=Strict session cookie, against cross-site request forgery.
+/// The site is the request's authority: the `:authority` pseudo-header in
+/// HTTP/2, the `Host` header in HTTP/1.1. A post without `Origin` (from a
+/// script rather than a browser) passes.
+pub async fn same_origin_forms(request: Request, next: Next) -> Response {
+    if request.method() == axum::http::Method::POST {
+        if let Some(origin) = request.headers().get(header::ORIGIN) {
+            let authority = request
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
+            let expected = authority.map(|a| format!("https://{a}"));
+            let origin = origin.to_str().unwrap_or("");
+            if expected.as_deref() != Some(origin) {
+                tracing::warn!(target: "learntrac::security", origin, expected = expected.as_deref().unwrap_or("-"), "cross-site form post rejected");
+                return crate::pages::PageError(ApiError::Forbidden("cross-site form posts are not accepted".into())).into_response();
+            }
+        }
+    }
+    next.run(request).await
 }
 
 /// A fixed-window request counter per key (an address and a route).
@@ -172,8 +198,11 @@ pub async fn serve(state: AppState, listeners: Listeners, shutdown: impl std::fu
         .handle(handle.clone())
         .serve(app.into_make_service_with_connect_info::<SocketAddr>());
 
-    let redirect_port = https_addr.port();
-    let redirect = Router::new().fallback(move |request: Request<Body>| async move { redirect_to_https(request.headers(), request.uri(), redirect_port) });
+    let public_url = state.config.public_url.clone();
+    let redirect = Router::new().fallback(move |request: Request<Body>| {
+        let target = redirect_target(&public_url, request.uri());
+        async move { Redirect::permanent(&target).into_response() }
+    });
     let http = axum_server::from_tcp(listeners.http)?
         .handle(handle.clone())
         .serve(redirect.into_make_service());
@@ -199,17 +228,11 @@ fn public_hostnames(public_url: &str) -> Vec<String> {
         .collect()
 }
 
-/// Answers every plain HTTP request with a permanent redirect to the same
-/// path over HTTPS.
-fn redirect_to_https(headers: &axum::http::HeaderMap, uri: &Uri, https_port: u16) -> Response {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
-        .map_or_else(|| "localhost".to_string(), |a| a.host().to_string());
+/// The HTTPS address for a plain HTTP request: the same path and query on
+/// the public URL. The client's `Host` header is not trusted for this.
+fn redirect_target(public_url: &str, uri: &Uri) -> String {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
-    Redirect::permanent(&format!("https://{host}{port}{path}")).into_response()
+    format!("{}{path}", public_url.trim_end_matches('/'))
 }
 
 #[cfg(test)]
@@ -230,12 +253,9 @@ mod tests {
     }
 
     #[test]
-    fn redirect_keeps_path_and_host() {
-        let mut headers = axum::http::HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("learn.example:8080"));
+    fn redirect_keeps_path_on_public_url() {
         let uri: Uri = "/wiki/WikiStart?x=1".parse().expect("uri");
-        let response = redirect_to_https(&headers, &uri, 8443);
-        assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
-        assert_eq!(response.headers()[header::LOCATION], "https://learn.example:8443/wiki/WikiStart?x=1");
+        assert_eq!(redirect_target("https://learn.example:8443", &uri), "https://learn.example:8443/wiki/WikiStart?x=1");
+        assert_eq!(redirect_target("https://learn.example/", &"/".parse().expect("uri")), "https://learn.example/");
     }
 }

@@ -14,7 +14,7 @@ use learntrac_store::User;
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::auth::{self, ACCESS_AUDIENCE, CLI_CLIENT_ID, PageUser, SESSION_COOKIE, TokenUse};
+use crate::auth::{self, ACCESS_AUDIENCE, CLI_CLIENT_ID, PageUser, SESSION_COOKIE, Session, TokenUse};
 use crate::error::ApiError;
 use crate::pages::{escape, layout};
 use crate::password;
@@ -24,13 +24,16 @@ use crate::password;
 const SIGN_IN_LIMIT: u32 = 30;
 
 pub fn routes() -> Router<AppState> {
+    let forms = Router::new()
+        .route("/login", get(sign_in_page).post(sign_in))
+        .route("/logout", get(sign_out_page).post(sign_out))
+        .route("/account/password", get(password_page).post(change_password))
+        .route_layer(axum::middleware::from_fn(crate::gateway::same_origin_forms));
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/oauth2/token", post(token))
-        .route("/login", get(sign_in_page).post(sign_in))
-        .route("/logout", get(sign_out).post(sign_out))
-        .route("/account/password", get(password_page).post(change_password))
+        .merge(forms)
 }
 
 async fn discovery(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -223,10 +226,20 @@ struct NextQuery {
     next: Option<String>,
 }
 
-/// Keeps a post-sign-in redirect on this site: a path, never a URL.
+/// Keeps a post-sign-in redirect on this site: an absolute path of
+/// printable, non-space ASCII with no backslash that does not start with "//".
+/// Browsers drop tabs and newlines from URLs, so "/\t/evil.example" would
+/// otherwise leave the site.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path.to_string(),
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path.contains('\\')
+                && path.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            path.to_string()
+        }
         _ => "/".to_string(),
     }
 }
@@ -288,13 +301,28 @@ fn session_response(state: &AppState, user: &User, target: &str) -> Result<Respo
     Ok(response)
 }
 
-async fn sign_out() -> Response {
+async fn sign_out_page() -> Html<String> {
+    layout(
+        "Sign out",
+        None,
+        "<h1>Sign out</h1><form method=\"post\" action=\"/logout\"><button type=\"submit\">Sign out</button></form>",
+    )
+}
+
+/// Ends the browser session: its token is revoked, not only the cookie
+/// cleared, so a copy of the cookie stops working too.
+async fn sign_out(State(state): State<AppState>, session: Result<Session, Response>) -> Result<Response, ApiError> {
+    if let Ok(session) = session {
+        state.store.revoke_token(&session.claims.jti, session.claims.exp, state.now()).await?;
+        state.revocations.clear();
+        tracing::info!(target: "learntrac::security", user_id = session.principal.user_id, "signed out");
+    }
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_static("lt_session=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"),
     );
-    response
+    Ok(response)
 }
 
 fn password_form(user: &auth::Principal, message: Option<&str>) -> Html<String> {
@@ -346,9 +374,10 @@ async fn change_password(
     let hash = tokio::task::spawn_blocking(move || password::hash(&new_password))
         .await
         .map_err(|e| anyhow::anyhow!("password hashing task failed: {e}"))??;
-    state.store.set_password(user.id, &hash).await?;
+    let token_version = state.store.set_password(user.id, &hash).await?;
+    state.revocations.clear();
     tracing::info!(target: "learntrac::security", user_id = user.id, "password changed");
-    let updated = User { must_change_password: false, ..user };
+    let updated = User { must_change_password: false, token_version, ..user };
     session_response(&state, &updated, "/")
 }
 
@@ -362,6 +391,9 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example/")), "/");
         assert_eq!(safe_next(Some("https://evil.example/")), "/");
         assert_eq!(safe_next(Some("/\\evil")), "/");
+        assert_eq!(safe_next(Some("/\t/evil.example")), "/");
+        assert_eq!(safe_next(Some("/\n/x")), "/");
+        assert_eq!(safe_next(Some("/ /evil.example")), "/");
         assert_eq!(safe_next(None), "/");
     }
 }

@@ -32,6 +32,7 @@ pub struct AppInner {
     pub config: ServerConfig,
     pub index: RwLock<Index>,
     pub limiter: gateway::RateLimiter,
+    pub revocations: auth::RevocationCache,
 }
 
 #[derive(Clone)]
@@ -60,6 +61,7 @@ impl AppState {
             config,
             index: RwLock::new(index),
             limiter: gateway::RateLimiter::new(),
+            revocations: auth::RevocationCache::default(),
         })))
     }
 
@@ -91,7 +93,12 @@ pub fn random_token(bytes: usize) -> String {
 
 /// Hex SHA-256 of `value`, for storing tokens that must not be kept in the clear.
 pub fn sha256_hex(value: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    sha256_hex_bytes(value.as_bytes())
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex_bytes(bytes: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 

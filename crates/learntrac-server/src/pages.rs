@@ -2,9 +2,9 @@
 //! tickets, the roadmap and the library. Every page needs a signed-in
 //! user ([`PageUser`]); forms post back to the same site only.
 
-use axum::extract::{Multipart, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -28,24 +28,7 @@ pub fn routes(max_upload_bytes: usize) -> Router<AppState> {
         .route("/ticket/{id}", get(ticket_page).post(answer_ticket))
         .route("/roadmap", get(roadmap))
         .route("/library", get(library).merge(upload_form))
-        .route_layer(middleware::from_fn(same_origin_posts))
-}
-
-/// Rejects a form post whose `Origin` is another site, on top of the
-/// SameSite=Strict session cookie, as a defence against cross-site request forgery.
-async fn same_origin_posts(request: Request, next: Next) -> Response {
-    if request.method() == axum::http::Method::POST {
-        let origin = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
-        let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok());
-        if let (Some(origin), Some(host)) = (origin, host) {
-            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-            if origin_host != host {
-                tracing::warn!(target: "learntrac::security", origin, host, "cross-site form post rejected");
-                return PageError(ApiError::Forbidden("cross-site form posts are not accepted".into())).into_response();
-            }
-        }
-    }
-    next.run(request).await
+        .route_layer(middleware::from_fn(crate::gateway::same_origin_forms))
 }
 
 /// An [`ApiError`] shown as an HTML page.
@@ -114,13 +97,15 @@ table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;pad
 .passage{background:#fff;border:1px solid #ddd;padding:.6em .9em;margin:.6em 0}\
 .status{padding:.1em .5em;border-radius:.6em;font-size:.85em}.status-new{background:#c8c8c8}.status-studying{background:#f5a623}.status-mastered{background:#4caf50;color:#fff}\
 .bar{background:#ddd;height:.8em;border-radius:.4em;overflow:hidden}.bar span{display:block;height:100%;background:#4caf50}\
-.graph{overflow-x:auto;background:#fff;border:1px solid #ddd;padding:.5em}";
+.graph{overflow-x:auto;background:#fff;border:1px solid #ddd;padding:.5em}\
+form.inline{display:inline}button.link{background:none;border:none;color:#fff;padding:0;margin:0;font-size:inherit;text-decoration:underline}";
 
 /// Wraps `body` in the page layout with the navigation bar.
 pub fn layout(title: &str, user: Option<&Principal>, body: &str) -> Html<String> {
     let account_links = match user {
         Some(u) => format!(
-            "<span class=\"who\">{} · <a href=\"/account/password\">Password</a> · <a href=\"/logout\">Sign out</a></span>",
+            "<span class=\"who\">{} · <a href=\"/account/password\">Password</a> · \
+             <form method=\"post\" action=\"/logout\" class=\"inline\"><button type=\"submit\" class=\"link\">Sign out</button></form></span>",
             escape(&u.email)
         ),
         None => String::new(),
@@ -296,7 +281,7 @@ async fn render_ticket(state: &AppState, user: &Principal, id: i64, message: Opt
     }
     if ticket.owner_id == user.user_id {
         html.push_str(&format!(
-            "<form method=\"post\" action=\"/ticket/{}\"><label>Your answer <textarea name=\"answer\" required></textarea></label>\
+            "<form method=\"post\" action=\"/ticket/{}\" class=\"answer\"><label>Your answer <textarea name=\"answer\" required></textarea></label>\
              <button type=\"submit\">Submit answer</button></form>",
             ticket.id
         ));

@@ -53,23 +53,40 @@ pub async fn ingest_book(state: &AppState, bytes: Vec<u8>, file_name: &str, crea
             format!("cannot tell the format of {file_name:?}; name the file .pdf, .html, .htm, .xhtml, .md or .markdown"),
         )
     })?;
-    let (book, chunks) = tokio::task::spawn_blocking(move || parse_and_embed(&bytes, format))
+    let content_hash = crate::sha256_hex_bytes(&bytes);
+    let fallback_title = file_name.rsplit_once('.').map_or(file_name, |(stem, _)| stem).to_string();
+    let (book, chunks) = tokio::task::spawn_blocking(move || parse_and_embed(&bytes, format, &fallback_title))
         .await
         .context("the ingestion task failed")?
         .map_err(|e| ApiError::bad_request("unreadable_book", format!("{file_name}: {e}")))?;
     if chunks.is_empty() {
         return Err(ApiError::bad_request("unreadable_book", format!("{file_name}: no text was found")));
     }
-    let record = state.store.insert_book(&book, file_name, &chunks, created_by, state.now()).await?;
-    // Rebuilding from the store gives the new chunks their stored ids.
-    let index = load_index(&state.store).await?;
-    *state.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+    let record = state.store.insert_book(&book, file_name, &content_hash, &chunks, created_by, state.now()).await?;
+    reload_index(state).await?;
     tracing::info!(book_id = record.id, title = %record.title, sections = record.sections, chunks = record.chunks, "book ingested");
     Ok(record)
 }
 
-fn parse_and_embed(bytes: &[u8], format: Format) -> Result<(Book, Vec<NewChunk>), ingest::IngestError> {
-    let book = ingest::parse(bytes, format)?;
+/// Rebuilds the index from the store, which gives new chunks their stored ids.
+async fn reload_index(state: &AppState) -> ApiResult<()> {
+    let index = load_index(&state.store).await?;
+    *state.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+    Ok(())
+}
+
+/// Deletes a book and removes its passages from the index.
+pub async fn delete_book(state: &AppState, id: i64) -> ApiResult<()> {
+    if !state.store.delete_book(id).await? {
+        return Err(ApiError::NotFound(format!("book {id}")));
+    }
+    reload_index(state).await?;
+    tracing::info!(book_id = id, "book deleted");
+    Ok(())
+}
+
+fn parse_and_embed(bytes: &[u8], format: Format, fallback_title: &str) -> Result<(Book, Vec<NewChunk>), ingest::IngestError> {
+    let book = ingest::parse(bytes, format, fallback_title)?;
     let chunks = book
         .chunks()
         .into_iter()

@@ -1,7 +1,7 @@
 use learntrac_core::book::Book;
 use sqlx::Row;
 
-use crate::{sql, Result, Store};
+use crate::{Result, Store, conflict_or, sql};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BookRecord {
@@ -46,25 +46,31 @@ pub struct StoredChunk {
 
 impl Store {
     /// Stores a book, its sections and its chunks in one transaction.
+    /// `content_hash` identifies the file; the same file twice is a
+    /// [`StoreError::Conflict`](crate::StoreError::Conflict).
     pub async fn insert_book(
         &self,
         book: &Book,
         source_name: &str,
+        content_hash: &str,
         chunks: &[NewChunk],
         created_by: Option<i64>,
         now: i64,
     ) -> Result<BookRecord> {
         let mut tx = self.pool.begin().await?;
         let book_id: i64 = sqlx::query(
-            "INSERT INTO books (title, format, source_name, created_by, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO books (title, format, source_name, content_hash, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(&book.title)
         .bind(book.format.as_str())
         .bind(source_name)
+        .bind(content_hash)
         .bind(created_by)
         .bind(now)
         .fetch_one(&mut *tx)
-        .await?
+        .await
+        .map_err(|e| conflict_or(e, || format!("a book with the same content as {source_name}")))?
         .try_get("id")?;
 
         let mut section_ids = Vec::with_capacity(book.sections.len());
@@ -152,6 +158,24 @@ impl Store {
         row.as_ref().map(section_from_row).transpose()
     }
 
+    /// Deletes a book with its sections and chunks; tickets made from it
+    /// keep their questions but lose the link to the section. Returns
+    /// whether the book existed.
+    pub async fn delete_book(&self, id: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // SQLite enforces ON DELETE only with the foreign_keys pragma, so the
+        // dependent rows are removed explicitly on both databases.
+        sqlx::query("UPDATE tickets SET section_id = NULL WHERE section_id IN (SELECT id FROM sections WHERE book_id = $1)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM chunks WHERE book_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM sections WHERE book_id = $1").bind(id).execute(&mut *tx).await?;
+        let deleted = sqlx::query("DELETE FROM books WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
     /// Returns the number of chunks and the highest chunk id, which change
     /// whenever a book is added or removed.
     pub async fn chunk_watermark(&self) -> Result<(i64, i64)> {
@@ -220,7 +244,9 @@ mod tests {
             NewChunk { section: 0, body: "The mean is an average.".into(), embedding: vec![0, 0, 128, 63] },
             NewChunk { section: 1, body: "The median is the middle.".into(), embedding: vec![0, 0, 0, 0] },
         ];
-        let record = store.insert_book(&book, "stats.md", &chunks, None, 5).await.expect("insert");
+        let record = store.insert_book(&book, "stats.md", "hash1", &chunks, None, 5).await.expect("insert");
+        let again = store.insert_book(&book, "copy.md", "hash1", &chunks, None, 6).await;
+        assert!(matches!(again, Err(crate::StoreError::Conflict(_))), "the same content twice");
         assert_eq!(record.sections, 2);
         let books = store.list_books().await.expect("list");
         assert_eq!(books.len(), 1);
@@ -231,5 +257,10 @@ mod tests {
         let sections = store.book_sections(record.id).await.expect("sections");
         assert_eq!(sections[1].book_sections, 2);
         assert_eq!(sections[1].level, 2);
+
+        assert!(store.delete_book(record.id).await.expect("delete"));
+        assert!(!store.delete_book(record.id).await.expect("delete again"));
+        assert!(store.all_chunks().await.expect("chunks").is_empty());
+        assert!(store.list_books().await.expect("list").is_empty());
     }
 }

@@ -50,6 +50,9 @@ pub struct User {
     pub must_change_password: bool,
     pub disabled: bool,
     pub created_at: i64,
+    /// Raised on every password change; tokens name the version they were
+    /// issued under.
+    pub token_version: i64,
 }
 
 impl fmt::Debug for User {
@@ -90,10 +93,11 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
         must_change_password: row.try_get::<i64, _>("must_change_password")? != 0,
         disabled: row.try_get::<i64, _>("disabled")? != 0,
         created_at: row.try_get("created_at")?,
+        token_version: row.try_get("token_version")?,
     })
 }
 
-const USER_COLUMNS: &str = "id, email, name, password_hash, groups, must_change_password, disabled, created_at";
+const USER_COLUMNS: &str = "id, email, name, password_hash, groups, must_change_password, disabled, created_at, token_version";
 
 impl Store {
     /// Creates a user; the email must be unique (compared in lower case).
@@ -143,11 +147,57 @@ impl Store {
         Ok(sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(&self.pool).await?.try_get("n")?)
     }
 
-    /// Replaces a user's password hash and clears the must-change flag.
-    pub async fn set_password(&self, user_id: i64, password_hash: &str) -> Result<()> {
-        sqlx::query("UPDATE users SET password_hash = $1, must_change_password = 0 WHERE id = $2")
-            .bind(password_hash)
+    /// Replaces a user's password hash, clears the must-change flag, and
+    /// signs the user out everywhere: refresh tokens are revoked and the
+    /// token version is raised. Returns the new token version.
+    pub async fn set_password(&self, user_id: i64, password_hash: &str) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let version: i64 = sqlx::query(
+            "UPDATE users SET password_hash = $1, must_change_password = 0, token_version = token_version + 1 \
+             WHERE id = $2 RETURNING token_version",
+        )
+        .bind(password_hash)
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("token_version")?;
+        sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE user_id = $1")
             .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// Returns whether a token of `user_id` with id `jti`, issued under
+    /// `token_version`, is still accepted: the user exists, is not disabled,
+    /// has not changed the password since, and the token was not signed out.
+    pub async fn token_accepted(&self, user_id: i64, jti: &str, token_version: i64) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT u.disabled, u.token_version, \
+             (SELECT COUNT(*) FROM revoked_tokens r WHERE r.jti = $2) AS revoked \
+             FROM users u WHERE u.id = $1",
+        )
+        .bind(user_id)
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let disabled: i64 = row.try_get("disabled")?;
+        let current: i64 = row.try_get("token_version")?;
+        let revoked: i64 = row.try_get("revoked")?;
+        Ok(disabled == 0 && token_version == current && revoked == 0)
+    }
+
+    /// Signs out one session: its token id is refused until `expires_at`.
+    /// Expired entries are removed at the same time.
+    pub async fn revoke_token(&self, jti: &str, expires_at: i64, now: i64) -> Result<()> {
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1").bind(now).execute(&self.pool).await?;
+        sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
+            .bind(jti)
+            .bind(expires_at)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -198,6 +248,24 @@ mod tests {
         let again = store.create_user("ada@example.org", "Ada", "h", &[Group::Students], false, 11).await;
         assert!(matches!(again, Err(StoreError::Conflict(_))));
         assert_eq!(store.count_users().await.expect("count"), 1);
+    }
+
+    #[tokio::test]
+    async fn password_change_and_sign_out_revoke_tokens() {
+        let store = memory_store().await;
+        let user = store.create_user("a@b.c", "A", "h", &[Group::Students], false, 0).await.expect("create");
+        assert!(store.token_accepted(user.id, "t1", 0).await.expect("check"));
+        assert!(!store.token_accepted(user.id + 1, "t1", 0).await.expect("check"), "unknown user");
+
+        store.revoke_token("t1", 100, 20).await.expect("revoke");
+        assert!(!store.token_accepted(user.id, "t1", 0).await.expect("check"), "signed out");
+        assert!(store.token_accepted(user.id, "t2", 0).await.expect("check"));
+
+        store.insert_refresh_token("r", user.id, 1000, 0).await.expect("insert");
+        assert_eq!(store.set_password(user.id, "h2").await.expect("set"), 1);
+        assert!(!store.token_accepted(user.id, "t2", 0).await.expect("check"), "issued before the change");
+        assert!(store.token_accepted(user.id, "t3", 1).await.expect("check"), "issued after the change");
+        assert_eq!(store.consume_refresh_token("r", 60).await.expect("use"), None, "refresh tokens revoked");
     }
 
     #[tokio::test]

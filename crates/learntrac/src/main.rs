@@ -194,9 +194,11 @@ async fn ingest(data: DataArgs, file: &std::path::Path) -> Result<()> {
     let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let config = settings::resolve(&data)?;
     let state = AppState::open(config).await?;
-    let record = learntrac_server::service::ingest_book(&state, bytes, &name, None)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
+    let record = learntrac_server::service::ingest_book(&state, bytes, &name, None).await.map_err(|error| match error {
+        // On the command line the whole cause is shown; there is no request id.
+        learntrac_server::error::ApiError::Internal(inner) => inner,
+        other => anyhow::anyhow!("{other}"),
+    })?;
     println!("ingested {:?} as book {}: {} sections, {} passages", record.title, record.id, record.sections, record.chunks);
     Ok(())
 }

@@ -10,7 +10,7 @@ use crate::text::collapse_whitespace;
 /// Elements whose content is never book text.
 const SKIPPED_TAGS: &[&str] = &["script", "style", "nav", "header", "footer", "noscript", "template", "form", "button", "svg"];
 /// Classes of navigation boxes common in generated documentation (Sphinx, Javadoc).
-const SKIPPED_CLASSES: &[&str] = &["headerlink", "related", "sphinxsidebar", "footer", "navigation", "toc-backref"];
+const SKIPPED_CLASSES: &[&str] = &["headerlink", "related", "sphinxsidebar", "footer", "navigation", "toc-backref", "toctree-wrapper"];
 /// Elements after which a paragraph ends.
 const BLOCK_TAGS: &[&str] = &["p", "div", "pre", "li", "dt", "dd", "blockquote", "table", "tr", "section", "ul", "ol", "dl", "br"];
 
@@ -24,16 +24,10 @@ pub fn parse(bytes: &[u8]) -> Result<Book, IngestError> {
 
     // The first top heading names the page better than <title>, which
     // generators often extend with the site's name.
-    let title = select_text(&document, "h1")
-        .or_else(|| select_text(&document, "title"))
-        .ok_or(IngestError::NoText)?;
+    let title = select_text(&document, "h1").or_else(|| select_text(&document, "title")).unwrap_or_default();
     let mut book = Book { title, format: Format::Html, sections: walker.sections };
     for section in &mut book.sections {
         section.text = tidy_paragraphs(&section.text);
-    }
-    book.prune();
-    if book.sections.iter().all(|s| s.text.trim().is_empty()) {
-        return Err(IngestError::NoText);
     }
     Ok(book)
 }
@@ -135,7 +129,7 @@ mod tests {
             <div role="main"><h1>4. More Control Flow<a class="headerlink">&#182;</a></h1><p>Intro text.</p>
             <h2>4.1. if Statements</h2><p>Perhaps the most well-known statement type is the if statement.</p>
             <script>var x = 1;</script></div></body></html>"#;
-        let book = parse(html).expect("parse");
+        let book = crate::ingest::parse(html, Format::Html, "fallback").expect("parse");
         assert_eq!(book.title, "4. More Control Flow");
         let headings: Vec<_> = book.sections.iter().map(|s| (s.level, s.heading.as_str())).collect();
         assert_eq!(headings, [(1, "4. More Control Flow"), (2, "4.1. if Statements")]);

@@ -35,16 +35,11 @@ pub fn parse(bytes: &[u8]) -> Result<Book, IngestError> {
         }
     }
 
-    let title = sections
-        .iter()
-        .find(|s| !s.heading.is_empty())
-        .map(|s| s.heading.clone())
-        .ok_or(IngestError::NoText)?;
+    let title = sections.iter().find(|s| !s.heading.is_empty()).map(|s| s.heading.clone()).unwrap_or_default();
     let mut book = Book { title, format: Format::Markdown, sections };
     for section in &mut book.sections {
         section.text = tidy_paragraphs(&section.text);
     }
-    book.prune();
     Ok(book)
 }
 
@@ -72,7 +67,7 @@ mod tests {
     #[test]
     fn headings_and_paragraphs() {
         let md = b"# Statistics\n\nIntro.\n\n## 1.1 Mean\n\nThe mean is the sum divided by the count.\n\nSecond paragraph.\n";
-        let book = parse(md).expect("parse");
+        let book = crate::ingest::parse(md, Format::Markdown, "fallback").expect("parse");
         assert_eq!(book.title, "Statistics");
         assert_eq!(book.sections.len(), 2);
         assert_eq!(book.sections[1].heading, "1.1 Mean");

@@ -14,14 +14,53 @@ pub enum IngestError {
     Encoding,
     #[error("no text was found in the file; a scanned PDF needs OCR before it can be ingested")]
     NoText,
+    #[error("the {} parser failed on this file; it may be malformed", .0.as_str())]
+    Parser(Format),
 }
 
-/// Parses `bytes` as a book in `format`. Parsing is CPU-bound and can take
-/// seconds for a long PDF, so async callers should run it on a blocking thread.
-pub fn parse(bytes: &[u8], format: Format) -> Result<Book, IngestError> {
-    match format {
+/// Parses `bytes` as a book in `format`; `fallback_title` (such as the
+/// file name) names a book whose file gives no title. Parsing is CPU-bound
+/// and can take seconds for a long PDF, so async callers should run it on a
+/// blocking thread.
+pub fn parse(bytes: &[u8], format: Format, fallback_title: &str) -> Result<Book, IngestError> {
+    // A bug in a parser must not take the server down with it.
+    let parsed = std::panic::catch_unwind(|| match format {
         Format::Pdf => pdf::parse(bytes),
         Format::Html => html::parse(bytes),
         Format::Markdown => markdown::parse(bytes),
+    });
+    let mut book = match parsed {
+        Ok(result) => result?,
+        Err(_) => return Err(IngestError::Parser(format)),
+    };
+    if book.title.trim().is_empty() {
+        book.title = fallback_title.to_string();
+    }
+    book.prune();
+    if book.sections.iter().all(|s| s.text.trim().is_empty()) {
+        return Err(IngestError::NoText);
+    }
+    Ok(book)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_without_headings_is_one_section() {
+        let book = parse(b"First paragraph of notes.\n\nSecond paragraph.", Format::Markdown, "notes").expect("parse");
+        assert_eq!(book.title, "notes");
+        assert_eq!(book.sections.len(), 1);
+        assert_eq!(book.sections[0].heading, "notes");
+        let book = parse(b"<html><body><p>Only a paragraph.</p></body></html>", Format::Html, "page").expect("parse");
+        assert_eq!(book.title, "page");
+        assert_eq!(book.sections[0].text, "Only a paragraph.");
+    }
+
+    #[test]
+    fn empty_files_have_no_text() {
+        assert!(matches!(parse(b"", Format::Markdown, "x"), Err(IngestError::NoText)));
+        assert!(matches!(parse(b"<html><body></body></html>", Format::Html, "x"), Err(IngestError::NoText)));
     }
 }

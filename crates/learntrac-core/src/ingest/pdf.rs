@@ -48,13 +48,7 @@ pub fn parse(bytes: &[u8]) -> Result<Book, IngestError> {
     let title = title.unwrap_or_else(|| first_line.text.clone());
     let from_outline = !outline.is_empty();
     let headings = if from_outline { outline } else { headings_from_lines(&lines) };
-    let mut book = Book {
-        title,
-        format: Format::Pdf,
-        sections: split_at_headings(&lines, &headings, from_outline),
-    };
-    book.prune();
-    Ok(book)
+    Ok(Book { title, format: Format::Pdf, sections: split_at_headings(&lines, &headings, from_outline) })
 }
 
 fn extract_pages(document: &Document) -> Result<Vec<String>, IngestError> {
@@ -212,6 +206,8 @@ fn split_at_headings(lines: &[Line], headings: &[Heading], from_outline: bool) -
                 body_start += 1;
             }
         }
+        // Two headings found on the same line leave the first one empty.
+        let body_start = body_start.min(end);
         let body: Vec<&str> = lines[body_start..end].iter().map(|l| l.text.as_str()).collect();
         sections.push(Section {
             level: heading.level,

@@ -10,7 +10,14 @@ async fn plain_http_redirects_to_https() {
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let response = client.get(format!("http://127.0.0.1:{}/wiki/WikiStart?x=1", server.http_port)).send().await.expect("http");
     assert_eq!(response.status(), 308);
-    assert_eq!(response.headers()["location"], format!("https://127.0.0.1:{}/wiki/WikiStart?x=1", server.https_port).as_str());
+    assert_eq!(response.headers()["location"], format!("{}/wiki/WikiStart?x=1", server.base).as_str());
+    let response = client
+        .get(format!("http://127.0.0.1:{}/x", server.http_port))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(response.headers()["location"], format!("{}/x", server.base).as_str(), "the Host header is not trusted");
     let response = client.post(format!("http://127.0.0.1:{}/oauth2/token", server.http_port)).send().await.expect("http");
     assert_eq!(response.status(), 308, "nothing is served over plain HTTP");
 }
@@ -122,6 +129,56 @@ async fn pages_redirect_to_sign_in() {
     assert!(headers.contains_key("x-request-id"));
     let html = page.text().await.expect("html");
     assert!(html.contains("action=\"/paths/preview\""), "the LearningPath macro shows the goal form");
+
+    // Form posts from another origin are rejected over HTTP/2 and HTTP/1.1,
+    // on the trac pages and on the identity provider's forms.
+    let http1 = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(server.data_dir.join("tls/ca.pem")).expect("ca")).expect("ca"))
+        .resolve("localhost", ([127, 0, 0, 1], server.https_port).into())
+        .redirect(reqwest::redirect::Policy::none())
+        .http1_only()
+        .build()
+        .expect("client");
+    for client in [&server.client, &http1] {
+        for (path, form) in [
+            ("/paths/preview", vec![("goal", "vectors")]),
+            ("/account/password", vec![("current", PASSWORD), ("new_password", "Other-pass-99!")]),
+            ("/logout", vec![]),
+        ] {
+            for origin in ["https://evil.example", "null", &format!("http://localhost:{}", server.https_port)] {
+                let response = client.post(server.url(path)).header("cookie", &cookie).header("origin", origin).form(&form).send().await.expect("post");
+                assert_eq!(response.status(), 403, "{path} from {origin}");
+            }
+        }
+        let response = client
+            .post(server.url("/paths/preview"))
+            .header("cookie", &cookie)
+            .header("origin", server.base.as_str())
+            .form(&[("goal", "vectors")])
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), 200, "same-origin posts pass");
+    }
+    let response = server.client.get(server.url("/wiki/WikiStart")).send().await.expect("page");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2, "the gateway speaks HTTP/2");
+}
+
+#[tokio::test]
+async fn sign_in_redirect_stays_on_site() {
+    let server = Server::start().await;
+    server.add_user("learner@example.org", "students");
+    for next in ["/\t/evil.example", "//evil.example", "https://evil.example/", "/\n/x", "/\\evil"] {
+        let response = server
+            .client
+            .post(server.url("/login"))
+            .form(&[("username", "learner@example.org"), ("password", PASSWORD), ("next", next)])
+            .send()
+            .await
+            .expect("sign in");
+        assert_eq!(response.status(), 303, "{next:?}");
+        assert_eq!(response.headers()["location"], "/", "{next:?}");
+    }
 }
 
 #[tokio::test]
@@ -175,4 +232,47 @@ async fn first_administrator_must_change_password() {
     assert_eq!(changed.status(), 303);
     assert_eq!(server.token_response("admin@localhost", "New-Admin-Pass-9").await.status(), 200);
     assert_eq!(server.token_response("admin@localhost", &one_time).await.status(), 400, "the one-time password is gone");
+}
+
+#[tokio::test]
+async fn password_change_and_sign_out_end_sessions() {
+    let server = Server::start().await;
+    server.add_user("learner@example.org", "students");
+    let tokens: Value = server.token_response("learner@example.org", PASSWORD).await.json().await.expect("json");
+    let access = tokens["access_token"].as_str().expect("access").to_string();
+    let refresh = tokens["refresh_token"].as_str().expect("refresh").to_string();
+    let old_session = server.sign_in("learner@example.org", PASSWORD).await;
+    let session = server.sign_in("learner@example.org", PASSWORD).await;
+
+    // Signing out revokes that session, not only the browser's cookie.
+    let response = server.client.post(server.url("/logout")).header("cookie", &old_session).send().await.expect("sign out");
+    assert_eq!(response.status(), 303);
+    let page = server.client.get(server.url("/roadmap")).header("cookie", &old_session).send().await.expect("page");
+    assert_eq!(page.status(), 303, "a copy of a signed-out cookie is refused");
+    let page = server.client.get(server.url("/roadmap")).header("cookie", &session).send().await.expect("page");
+    assert_eq!(page.status(), 200, "other sessions go on");
+
+    // A password change signs the user out everywhere.
+    let changed = server
+        .client
+        .post(server.url("/account/password"))
+        .header("cookie", &session)
+        .form(&[("current", PASSWORD), ("new_password", "Brand-new-pass-7")])
+        .send()
+        .await
+        .expect("change");
+    assert_eq!(changed.status(), 303);
+    let (status, _) = server.get_json(&access, "/api/v1/me").await;
+    assert_eq!(status, 401, "access tokens issued before the change are refused");
+    let page = server.client.get(server.url("/roadmap")).header("cookie", &session).send().await.expect("page");
+    assert_eq!(page.status(), 303, "sessions from before the change are refused");
+    let form = [("grant_type", "refresh_token"), ("client_id", "learntrac-cli"), ("refresh_token", refresh.as_str())];
+    let response = server.client.post(server.url("/oauth2/token")).form(&form).send().await.expect("refresh");
+    assert_eq!(response.status(), 400, "refresh tokens are revoked");
+
+    let fresh = server.token_response("learner@example.org", "Brand-new-pass-7").await;
+    assert_eq!(fresh.status(), 200);
+    let fresh: Value = fresh.json().await.expect("json");
+    let (status, _) = server.get_json(fresh["access_token"].as_str().expect("access"), "/api/v1/me").await;
+    assert_eq!(status, 200);
 }

@@ -172,15 +172,21 @@ async fn learner_takes_a_path_in_chromium() {
     browser.click("table a[href^='/ticket/']").await;
     browser.wait_for_text("Your answer").await;
     browser.type_into("textarea[name=answer]", "I do not know anything about this topic yet").await;
-    browser.click("form button[type=submit]").await;
+    browser.click("form.answer button").await;
     let page = browser.wait_for_text("Latest feedback").await;
     assert!(page.contains("class=\"score\""));
     assert!(page.contains("status-studying"), "a weak answer moves the ticket to studying");
 
     // Too short an answer is refused with the reason, on the page.
     browser.type_into("textarea[name=answer]", "NA").await;
-    browser.click("form button[type=submit]").await;
+    browser.click("form.answer button").await;
     browser.wait_for_text("at least 3 words").await;
+
+    // Signing out ends the session.
+    browser.click("form[action='/logout'] button").await;
+    browser.wait_for_text("Sign in").await;
+    browser.go(&server.url("/roadmap")).await;
+    browser.find("input[name=username]").await;
 
     browser.command(reqwest::Method::DELETE, "", None).await;
 }

@@ -195,6 +195,21 @@ async fn instructor_uploads_markdown_book() {
     assert_eq!(found["passages"][0]["heading"], "1.1 Trees", "{found}");
     assert!(!found["passages"][0]["text"].as_str().expect("text").contains("alert"), "scripts are not book text");
 
+    // The same file twice is refused; a deleted book leaves search.
+    let response = server.client.post(server.url("/api/v1/books?name=copy.md")).bearer_auth(&teacher).body(book).send().await.expect("upload");
+    assert_eq!(response.status(), 409);
+    let error: Value = response.json().await.expect("json");
+    assert!(error["message"].as_str().expect("message").contains("same content"), "{error}");
+    let book_id = record["id"].as_i64().expect("id");
+    let response = server.client.delete(server.url(&format!("/api/v1/books/{book_id}"))).bearer_auth(&learner).send().await.expect("delete");
+    assert_eq!(response.status(), 403);
+    let response = server.client.delete(server.url(&format!("/api/v1/books/{book_id}"))).bearer_auth(&teacher).send().await.expect("delete");
+    assert_eq!(response.status(), 204);
+    let (_, found) = server.post_json(&learner, "/api/v1/search", &json!({"query": "median of a sorted sample"})).await;
+    assert!(found["passages"].as_array().expect("passages").iter().all(|p| p["book_title"] != "Statistics basics"), "{found}");
+    let response = server.client.delete(server.url(&format!("/api/v1/books/{book_id}"))).bearer_auth(&teacher).send().await.expect("delete");
+    assert_eq!(response.status(), 404);
+
     let response = server.client.post(server.url("/api/v1/books?name=notes.docx")).bearer_auth(&teacher).body("x").send().await.expect("upload");
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.expect("json");
