@@ -12,6 +12,10 @@ pub const MAX_ANSWER_CHARS: usize = 10_000;
 
 const SIMILARITY_WEIGHT: f32 = 0.5;
 const COVERAGE_WEIGHT: f32 = 0.5;
+/// Share of function words ("the", "is", "of" …) from which an answer
+/// counts as prose. English prose has roughly 30 to 50 percent; a list of
+/// keywords has almost none, and earns proportionally less coverage credit.
+const PROSE_FUNCTION_WORDS: f32 = 0.2;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grade {
@@ -54,6 +58,23 @@ pub fn validate(answer: &str) -> Result<(), AnswerError> {
     Ok(())
 }
 
+/// Returns 1.0 for prose and less for a list of keywords, by the share of
+/// function words in the answer.
+fn prose_factor(answer: &str) -> f32 {
+    let words = text::words(answer);
+    if words.is_empty() {
+        return 0.0;
+    }
+    let function_words = words.iter().filter(|w| text::is_stopword(w)).count() as f32;
+    (function_words / words.len() as f32 / PROSE_FUNCTION_WORDS).min(1.0)
+}
+
+/// Returns the word of `text` whose stem is `stem`, so that suggestions
+/// show "raised" rather than the stem "rais".
+fn surface_word(stem: &str, text: &str) -> String {
+    text::words(text).into_iter().find(|w| text::stem(w) == stem).unwrap_or_else(|| stem.to_string())
+}
+
 /// Grades `answer` against `expected` and its `key_terms` (stems), naming
 /// the section to reread in the suggestions.
 pub fn grade(answer: &str, expected: &str, key_terms: &[String], section: &str) -> Result<Grade, AnswerError> {
@@ -67,7 +88,7 @@ pub fn grade(answer: &str, expected: &str, key_terms: &[String], section: &str) 
     } else {
         1.0 - missing.len() as f32 / key_terms.len() as f32
     };
-    let score = (SIMILARITY_WEIGHT * similarity + COVERAGE_WEIGHT * coverage).clamp(0.0, 1.0);
+    let score = (SIMILARITY_WEIGHT * similarity + COVERAGE_WEIGHT * coverage * prose_factor(answer)).clamp(0.0, 1.0);
     let score = (score * 100.0).round() / 100.0;
 
     let feedback = if score >= MASTERY {
@@ -85,7 +106,7 @@ pub fn grade(answer: &str, expected: &str, key_terms: &[String], section: &str) 
     let mut suggestions = Vec::new();
     if score < MASTERY {
         if !missing.is_empty() {
-            let listed: Vec<&str> = missing.iter().take(4).map(|t| t.as_str()).collect();
+            let listed: Vec<String> = missing.iter().take(4).map(|t| surface_word(t, expected)).collect();
             suggestions.push(format!("Cover these ideas from the text: {}.", listed.join(", ")));
         }
         if !section.is_empty() {
@@ -126,6 +147,21 @@ mod tests {
         assert!(g.score <= 0.2, "{g:?}");
         assert!(!g.mastered());
         assert!(!g.suggestions.is_empty());
+    }
+
+    #[test]
+    fn keyword_lists_do_not_master() {
+        let q = generate(&Source { concept: "Missing values", text: TEXT, book_position: 0.2 });
+        let salad = q.key_terms.join(" ") + " vector element special value statistical sense";
+        let g = grade(&salad, &q.expected_answer, &q.key_terms, "2.5 Missing values").expect("grade");
+        assert!(g.score < MASTERY, "{g:?}");
+    }
+
+    #[test]
+    fn suggestions_name_words_not_stems() {
+        let g = grade("Plants need water and light to grow well.", TEXT, &["miss".to_string(), "available".to_string()], "2.5")
+            .expect("grade");
+        assert!(g.suggestions[0].contains("missing"), "{g:?}");
     }
 
     #[test]

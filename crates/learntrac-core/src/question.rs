@@ -109,9 +109,9 @@ fn sentence_score(sentence: &str, index: usize, concept: &[String], frequency: &
 
 /// Phrases the question: "What is X?" when the key sentence defines the
 /// concept, "What does f() do?" for a function, otherwise an open question
-/// about the concept.
+/// about the concept. The concept keeps the book's capitalisation.
 fn ask(concept: &str, sentences: &[String], chosen: &[usize]) -> String {
-    let concept_clean = concept.trim().trim_end_matches(['.', ':']);
+    let concept_clean = concept.trim().trim_end_matches(['.', ':', '?']);
     let lower = concept_clean.to_lowercase();
     let first = chosen.first().and_then(|&i| sentences.get(i));
     if let Some(sentence) = first {
@@ -120,28 +120,16 @@ fn ask(concept: &str, sentences: &[String], chosen: &[usize]) -> String {
             if let Some(at) = sentence_lower.find(verb) {
                 let subject = &sentence_lower[..at];
                 if subject.contains(&lower) && subject.split_whitespace().count() <= 6 {
-                    return format!("What {} {}, according to the text?", verb.trim(), lower_first(concept_clean));
+                    return format!("What {} {concept_clean}, according to the text?", verb.trim());
                 }
             }
         }
     }
-    if concept_clean.contains("()") && concept_clean.split_whitespace().count() <= 3 {
-        return format!("What does {concept_clean} do, and when would you use it?");
+    let function = concept_clean.split_whitespace().find(|w| w.ends_with("()") && w.len() > 2);
+    if let Some(function) = function {
+        return format!("What does {function} do, and when would you use it?");
     }
-    format!("How does the text explain {}, and why does it matter?", lower_first(concept_clean))
-}
-
-fn lower_first(text: &str) -> String {
-    let mut chars = text.chars();
-    let Some(first) = chars.next() else {
-        return String::new();
-    };
-    // Keep acronyms and names ("R", "NA", "Python") as printed.
-    let second_upper = text.chars().nth(1).is_some_and(char::is_uppercase);
-    if second_upper || text.split_whitespace().next().is_some_and(|w| w.len() == 1) {
-        return text.to_string();
-    }
-    first.to_lowercase().chain(chars).collect()
+    format!("How does the text explain {concept_clean}, and why does it matter?")
 }
 
 /// Chooses up to eight distinct stems of the expected answer: the concept's
@@ -208,6 +196,16 @@ mod tests {
         let early = generate(&Source { concept: "Vectors", text: MISSING, book_position: 0.0 });
         let late = generate(&Source { concept: "Vectors", text: MISSING, book_position: 1.0 });
         assert!(late.difficulty > early.difficulty);
+    }
+
+    #[test]
+    fn questions_keep_the_book_capitalisation() {
+        let q = generate(&Source { concept: "Generator Expressions", text: "Some text about things that happen here.", book_position: 0.5 });
+        assert_eq!(q.question, "How does the text explain Generator Expressions, and why does it matter?");
+        let q = generate(&Source { concept: "The glm() function", text: "Some text about things that happen here.", book_position: 0.5 });
+        assert_eq!(q.question, "What does glm() do, and when would you use it?");
+        let q = generate(&Source { concept: "What Now?", text: "Some text about things that happen here.", book_position: 0.5 });
+        assert_eq!(q.question, "How does the text explain What Now, and why does it matter?");
     }
 
     #[test]

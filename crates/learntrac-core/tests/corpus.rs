@@ -39,6 +39,13 @@ fn r_intro_keeps_outline_titles() {
     assert!(missing.contains("NA"), "{missing}");
     assert!(missing.contains("not available"), "{missing}");
     assert!(!missing.contains("2.6 Character vectors"), "section text runs into the next section: {missing}");
+    let with_running_header: Vec<&str> = book
+        .sections
+        .iter()
+        .filter(|s| s.text.contains("Chapter 3: Objects, their modes and attributes") || s.text.contains("Chapter 2: Simple manipulations"))
+        .map(|s| s.heading.as_str())
+        .collect();
+    assert!(with_running_header.is_empty(), "running headers left in {with_running_header:?}");
     let chapter = book.sections.iter().find(|s| s.heading.starts_with("2 Simple")).map(|s| s.level);
     assert_eq!(chapter, Some(1));
     assert_eq!(book.sections.iter().find(|s| s.heading == "2.5 Missing values").map(|s| s.level), Some(2));
@@ -71,4 +78,27 @@ fn python_tutorial_html_has_numbered_sections() {
     assert!(book.title.contains("More Control Flow Tools"), "{}", book.title);
     assert!(book.sections.iter().any(|s| s.heading.starts_with("4.1. if Statements")), "{:?}", book.sections.iter().map(|s| &s.heading).collect::<Vec<_>>());
     assert!(book.sections.iter().all(|s| !s.text.contains("Navigation")));
+}
+
+#[test]
+fn expected_answers_master_every_r_intro_question() {
+    use learntrac_core::grade::grade;
+    use learntrac_core::question::{Source, generate};
+
+    let book = load("R-intro.pdf");
+    let unrelated = "Football teams score goals when the ball crosses the line between the posts.";
+    let mut failures = Vec::new();
+    for (i, section) in book.sections.iter().enumerate() {
+        // Back matter is never searched, so it never becomes a ticket.
+        if section.text.trim().is_empty() || learntrac_core::book::is_back_matter(&section.heading) {
+            continue;
+        }
+        let q = generate(&Source { concept: section.concept(), text: &section.text, book_position: i as f32 / book.sections.len() as f32 });
+        let own = grade(&q.expected_answer, &q.expected_answer, &q.key_terms, &section.heading).map(|g| g.score).unwrap_or(0.0);
+        let other = grade(unrelated, &q.expected_answer, &q.key_terms, &section.heading).map(|g| g.score).unwrap_or(1.0);
+        if own < 0.9 || other > 0.2 {
+            failures.push(format!("{}: own {own:.2}, unrelated {other:.2}, answer {:?}", section.heading, q.expected_answer));
+        }
+    }
+    assert!(failures.is_empty(), "{} sections fail:\n{}", failures.len(), failures.join("\n"));
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::auth::{self, ACCESS_AUDIENCE, CLI_CLIENT_ID, PageUser, SESSION_COOKIE, Session, TokenUse};
 use crate::error::ApiError;
-use crate::pages::{escape, layout};
+use crate::pages::{PageForm, escape, layout};
 use crate::password;
 
 /// Sign-in attempts allowed per client address and minute, on the token
@@ -274,7 +274,7 @@ struct SignInForm {
 async fn sign_in(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Form(form): Form<SignInForm>,
+    PageForm(form): PageForm<SignInForm>,
 ) -> Result<Response, ApiError> {
     let next = safe_next(form.next.as_deref());
     if let Err(error) = state.limiter.check(&format!("sign-in:{}", peer.ip()), SIGN_IN_LIMIT, Duration::from_secs(60), Instant::now()) {
@@ -359,7 +359,7 @@ async fn change_password(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     PageUser(principal): PageUser,
-    Form(form): Form<PasswordForm>,
+    PageForm(form): PageForm<PasswordForm>,
 ) -> Result<Response, ApiError> {
     let Some(user) = check_credentials(&state, &principal.email, &form.current, peer).await? else {
         return Ok((StatusCode::BAD_REQUEST, password_form(&principal, Some("The current password is wrong."))).into_response());

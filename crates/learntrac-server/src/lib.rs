@@ -50,8 +50,7 @@ impl AppState {
     /// Opens the database, loads the signing key and builds the search
     /// index from the stored chunks.
     pub async fn open(config: ServerConfig) -> Result<AppState> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        ensure_data_dir(&config.data_dir)?;
         let store = Store::open(&config.database_url).await?;
         let keys = keys::SigningKeys::load_or_generate(&config.data_dir)?;
         let index = service::load_index(&store).await?;
@@ -102,6 +101,43 @@ pub fn sha256_hex_bytes(bytes: &[u8]) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Creates the data directory, readable by its owner only, if it does not
+/// exist. It will contain the database with password hashes and the keys.
+pub fn ensure_data_dir(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path).with_context(|| format!("cannot create the data directory {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict the permissions of {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Checks an email address for the user pool: one '@', a local part of
+/// printable characters without spaces, quotes or angle brackets, and a
+/// domain of letters, digits, '-' and '.' (or "localhost").
+pub fn validate_email(email: &str) -> Result<(), String> {
+    let invalid = || Err(format!("email {email:?} is not a valid address; use the form name@example.org"));
+    let Some((local, domain)) = email.split_once('@') else {
+        return invalid();
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && local.chars().all(|c| c.is_ascii_graphic() && !"<>\"'(),;:[]\\@".contains(c));
+    let domain_ok = !domain.is_empty()
+        && domain.len() <= 253
+        && !domain.starts_with(['.', '-'])
+        && !domain.ends_with(['.', '-'])
+        && !domain.contains("..")
+        && domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && (domain.contains('.') || domain == "localhost");
+    if local_ok && domain_ok { Ok(()) } else { invalid() }
+}
+
 /// Writes a file readable by its owner only.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -114,4 +150,19 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(contents).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_email;
+
+    #[test]
+    fn email_validation() {
+        for good in ["ann@example.org", "admin@localhost", "a.b+c@sub.example.co"] {
+            assert!(validate_email(good).is_ok(), "{good}");
+        }
+        for bad in ["", "ann", "@example.org", "ann@", "<script>alert(1)</script>@example.org", "a b@example.org", "a@b@c.org", "a@example..org", "a@host"] {
+            assert!(validate_email(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -60,6 +60,20 @@ impl IntoResponse for PageError {
 
 type PageResult = Result<Response, PageError>;
 
+/// A form body whose rejection is an HTML error page naming the problem.
+pub struct PageForm<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for PageForm<T> {
+    type Rejection = PageError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, PageError> {
+        match Form::<T>::from_request(request, state).await {
+            Ok(Form(value)) => Ok(PageForm(value)),
+            Err(rejection) => Err(ApiError::bad_request("invalid_form", format!("the form could not be read: {}", rejection.body_text())).into()),
+        }
+    }
+}
+
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -74,6 +88,23 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// Formats Unix seconds as "YYYY-MM-DD HH:MM UTC".
+pub fn format_time(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let seconds = unix.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", seconds / 3600, seconds % 3600 / 60)
 }
 
 /// Percent-encodes everything but unreserved characters and '/'.
@@ -92,7 +123,7 @@ header a{color:#fff;text-decoration:none}header .who{margin-left:auto;font-size:
 main{max-width:60em;margin:1.5em auto;padding:0 1.2em}\
 form.narrow{max-width:26em}label{display:block;margin:.6em 0}input,textarea{width:100%;box-sizing:border-box;padding:.4em;font:inherit}\
 textarea{min-height:8em}button{margin-top:.6em;padding:.45em 1.2em;font:inherit;cursor:pointer}\
-.error{color:#a40000;font-weight:600}.hint{color:#666;font-size:.9em}\
+.error{color:#a40000;font-weight:600}.notice{color:#1b5e20;font-weight:600}details.section-text{background:#fff;border:1px solid #ddd;padding:.4em .9em;margin:.8em 0}.hint{color:#666;font-size:.9em}\
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}\
 .passage{background:#fff;border:1px solid #ddd;padding:.6em .9em;margin:.6em 0}\
 .status{padding:.1em .5em;border-radius:.6em;font-size:.85em}.status-new{background:#c8c8c8}.status-studying{background:#f5a623}.status-mastered{background:#4caf50;color:#fff}\
@@ -185,7 +216,7 @@ struct WikiForm {
     text: String,
 }
 
-async fn save_wiki_page(State(state): State<AppState>, PageUser(user): PageUser, Path(name): Path<String>, Form(form): Form<WikiForm>) -> PageResult {
+async fn save_wiki_page(State(state): State<AppState>, PageUser(user): PageUser, Path(name): Path<String>, PageForm(form): PageForm<WikiForm>) -> PageResult {
     valid_page_name(&name)?;
     if !user.is_staff() {
         return Err(ApiError::Forbidden("only instructors and admins may edit wiki pages".into()).into());
@@ -199,7 +230,7 @@ struct GoalForm {
     goal: String,
 }
 
-async fn preview_path(State(state): State<AppState>, PageUser(user): PageUser, Form(form): Form<GoalForm>) -> PageResult {
+async fn preview_path(State(state): State<AppState>, PageUser(user): PageUser, PageForm(form): PageForm<GoalForm>) -> PageResult {
     let hits = service::search(&state, &form.goal, service::MAX_PASSAGES)?;
     let mut html = format!("<h1>Passages for your goal</h1><p><em>{}</em></p>", escape(form.goal.trim()));
     if hits.is_empty() {
@@ -224,7 +255,7 @@ async fn preview_path(State(state): State<AppState>, PageUser(user): PageUser, F
     Ok(layout("Passages", Some(&user), &html).into_response())
 }
 
-async fn create_path(State(state): State<AppState>, PageUser(user): PageUser, Form(form): Form<GoalForm>) -> PageResult {
+async fn create_path(State(state): State<AppState>, PageUser(user): PageUser, PageForm(form): PageForm<GoalForm>) -> PageResult {
     let path = service::create_path(&state, &user, &form.goal, service::DEFAULT_CONCEPTS).await?;
     Ok(Redirect::to(&format!("/paths/{}", path.id)).into_response())
 }
@@ -232,14 +263,13 @@ async fn create_path(State(state): State<AppState>, PageUser(user): PageUser, Fo
 async fn path_page(State(state): State<AppState>, PageUser(user): PageUser, Path(id): Path<String>) -> PageResult {
     let path = service::visible_path(&state, &user, parse_id(&id, "path")?).await?;
     let mut html = format!(
-        "<h1>{}</h1><p>Milestone <strong>{}</strong> · {} concepts</p><h2>Knowledge graph</h2><div class=\"graph\">{}</div>\
-         <p class=\"hint\">Grey: not started · orange: studying · green: mastered. <a href=\"/api/v1/paths/{}/graph.svg\">SVG</a> (API, needs a token)</p>\
+        "<h1>{}</h1><p>Milestone <strong>{}</strong> · {} concept(s)</p><h2>Knowledge graph</h2><div class=\"graph\">{}</div>\
+         <p class=\"hint\">Grey: not started · orange: studying · green: mastered. Each concept links to its ticket.</p>\
          <h2>Tickets</h2><table><tr><th>#</th><th>Concept</th><th>Difficulty</th><th>Prerequisites</th><th>Status</th></tr>",
         escape(&path.goal),
         escape(&path.milestone),
         path.tickets.len(),
-        graph::svg(&path.tickets),
-        path.id
+        graph::svg(&path.tickets)
     );
     for ticket in &path.tickets {
         let prerequisites: Vec<String> = ticket.prerequisites.iter().map(|p| format!("<a href=\"/ticket/{p}\">#{p}</a>")).collect();
@@ -273,6 +303,16 @@ async fn render_ticket(state: &AppState, user: &Principal, id: i64, message: Opt
         ticket.path_id,
         escape(&ticket.question)
     );
+    if let Some(section) = match ticket.section_id {
+        Some(id) => state.store.section(id).await?,
+        None => None,
+    } {
+        html.push_str(&format!(
+            "<details class=\"section-text\"><summary>Read {} in the book</summary>{}</details>",
+            escape(&section.heading),
+            section.body.split("\n\n").map(|p| format!("<p>{}</p>", escape(p))).collect::<String>()
+        ));
+    }
     if user.is_staff() {
         html.push_str(&format!("<h2>Expected answer</h2><p class=\"expected\">{}</p>", escape(&ticket.expected_answer)));
     }
@@ -303,7 +343,7 @@ async fn render_ticket(state: &AppState, user: &Principal, id: i64, message: Opt
         for answer in answers.iter().rev() {
             html.push_str(&format!(
                 "<tr><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
-                answer.created_at,
+                format_time(answer.created_at),
                 answer.score,
                 escape(&answer.answer)
             ));
@@ -322,7 +362,7 @@ struct AnswerForm {
     answer: String,
 }
 
-async fn answer_ticket(State(state): State<AppState>, PageUser(user): PageUser, Path(id): Path<String>, Form(form): Form<AnswerForm>) -> PageResult {
+async fn answer_ticket(State(state): State<AppState>, PageUser(user): PageUser, Path(id): Path<String>, PageForm(form): PageForm<AnswerForm>) -> PageResult {
     let id = parse_id(&id, "ticket")?;
     match service::answer(&state, &user, id, &form.answer).await {
         Ok(_) => Ok(Redirect::to(&format!("/ticket/{id}")).into_response()),
@@ -364,9 +404,22 @@ async fn roadmap(State(state): State<AppState>, PageUser(user): PageUser) -> Pag
     Ok(layout("Roadmap", Some(&user), &html).into_response())
 }
 
-async fn library(State(state): State<AppState>, PageUser(user): PageUser) -> PageResult {
+#[derive(Deserialize)]
+struct LibraryQuery {
+    added: Option<i64>,
+}
+
+async fn library(State(state): State<AppState>, PageUser(user): PageUser, Query(query): Query<LibraryQuery>) -> PageResult {
     let books = state.store.list_books().await?;
     let mut html = String::from("<h1>Library</h1>");
+    if let Some(added) = query.added.and_then(|id| books.iter().find(|b| b.id == id)) {
+        html.push_str(&format!(
+            "<p class=\"notice\" role=\"status\">Added {}: {} sections, {} passages.</p>",
+            escape(&added.title),
+            added.sections,
+            added.chunks
+        ));
+    }
     if books.is_empty() {
         html.push_str("<p>The library is empty.</p>");
     } else {
@@ -407,8 +460,25 @@ async fn upload(State(state): State<AppState>, PageUser(user): PageUser, mut mul
             .bytes()
             .await
             .map_err(|e| ApiError::bad_request("invalid_upload", format!("the upload could not be read: {e}")))?;
-        service::ingest_book(&state, bytes.to_vec(), &name, Some(user.user_id)).await?;
-        return Ok(Redirect::to("/library").into_response());
+        let record = service::ingest_book(&state, bytes.to_vec(), &name, Some(user.user_id)).await?;
+        return Ok(Redirect::to(&format!("/library?added={}", record.id)).into_response());
     }
     Err(ApiError::bad_request("invalid_upload", "the form has no file in the field \"book\"").into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_formatted_in_utc() {
+        assert_eq!(format_time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(format_time(1_796_418_090), "2026-12-04 21:01 UTC");
+    }
+
+    #[test]
+    fn escape_covers_attribute_quotes() {
+        assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+    }
 }

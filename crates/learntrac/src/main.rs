@@ -7,7 +7,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use learntrac_server::{AppState, gateway, password};
 use learntrac_store::Group;
@@ -170,9 +170,7 @@ async fn shutdown_signal() {
 
 async fn add_user(data: DataArgs, email: &str, name: Option<String>, groups: &[String]) -> Result<()> {
     let email = email.trim().to_lowercase();
-    if !email.contains('@') || email.len() < 3 || email.len() > 254 {
-        bail!("email {email:?} is not a valid address");
-    }
+    learntrac_server::validate_email(&email).map_err(anyhow::Error::msg)?;
     let groups: Vec<Group> = groups.iter().map(|g| g.parse::<Group>().map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
 
     let mut line = String::new();
@@ -181,6 +179,7 @@ async fn add_user(data: DataArgs, email: &str, name: Option<String>, groups: &[S
     password::check_policy(secret).map_err(|problem| anyhow::anyhow!("{problem}; choose another password"))?;
 
     let config = settings::resolve(&data)?;
+    learntrac_server::ensure_data_dir(&config.data_dir)?;
     let store = learntrac_store::Store::open(&config.database_url).await?;
     let hash = password::hash(secret)?;
     let name = name.unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_string());

@@ -124,7 +124,13 @@ fn page_lines(pages: &[String]) -> Vec<Line> {
         for line in lines {
             let at_edge = first.contains(&line.as_str()) || last.contains(&line.as_str());
             let key = without_digits(line);
-            let running = at_edge && (key.is_empty() || edge_counts.get(&key).copied().unwrap_or(0) >= threshold);
+            let count = edge_counts.get(&key).copied().unwrap_or(0);
+            let numbered = has_page_number(line);
+            // A chapter of three pages shows its running header only twice.
+            let recurring = key.is_empty() || count >= threshold || (numbered && count >= 2);
+            // A recurring header with a page number is dropped wherever it
+            // is, because figures or footnotes can push it off the edge.
+            let running = recurring && (at_edge || numbered);
             if running {
                 continue;
             }
@@ -132,6 +138,12 @@ fn page_lines(pages: &[String]) -> Vec<Line> {
         }
     }
     out
+}
+
+/// Returns whether a line starts or ends with a page number.
+fn has_page_number(line: &str) -> bool {
+    let is_number = |token: Option<&str>| token.is_some_and(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()));
+    is_number(line.split_whitespace().next_back()) || is_number(line.split_whitespace().next())
 }
 
 fn without_digits(line: &str) -> String {
