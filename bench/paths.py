@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Time POST /api/v1/paths on a running LearnTrac server.
 
-Signs in with the password grant, then creates REQUESTS learning paths of
-max_concepts tickets each, cycling through QUERIES, over one keep-alive
-HTTPS connection. Prints one line per request and a final line
+Signs in with the password grant, then creates --requests learning paths
+of up to --max-concepts tickets each, cycling through QUERIES, over one
+keep-alive HTTPS connection. Prints one line per request and a final line
 `paths: median_ms=… p90_ms=… min_tickets=… max_tickets=… short=…` that
 bench/run parses. Standard library only.
 """
@@ -72,7 +72,7 @@ def sign_in(connection, username, password):
 
 
 def percentile(sorted_values, fraction):
-    """Nearest-rank percentile of an ascending list."""
+    """Return the nearest-rank percentile of an ascending list."""
     rank = max(1, math.ceil(fraction * len(sorted_values)))
     return sorted_values[rank - 1]
 
@@ -113,15 +113,18 @@ def main():
         print(f"  path {body.get('path_id')}: {elapsed_ms:8.1f} ms  {tickets:2d} tickets  {query!r}")
 
     ordered = sorted(durations_ms)
-    short = sum(1 for count in ticket_counts if count < args.max_concepts)
-    if short:
-        print(f"warning: {short} of {args.requests} paths have fewer than {args.max_concepts} tickets", file=sys.stderr)
+    short_paths = sum(1 for count in ticket_counts if count < args.max_concepts)
+    if short_paths:
+        print(f"warning: {short_paths} of {args.requests} paths have fewer than {args.max_concepts} tickets", file=sys.stderr)
     print(
         f"paths: median_ms={statistics.median(ordered):.1f} p90_ms={percentile(ordered, 0.9):.1f} "
         f"min_ms={ordered[0]:.1f} max_ms={ordered[-1]:.1f} "
-        f"min_tickets={min(ticket_counts)} max_tickets={max(ticket_counts)} short={short}"
+        f"min_tickets={min(ticket_counts)} max_tickets={max(ticket_counts)} short={short_paths}"
     )
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, http.client.HTTPException) as error:
+        sys.exit(f"error: the request to LearnTrac failed: {error!r}")

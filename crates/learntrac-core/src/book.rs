@@ -85,6 +85,22 @@ pub fn is_outline_number(token: &str) -> bool {
     }) && token.chars().any(|c| c.is_ascii_digit() || c == '.')
 }
 
+/// Returns the indices of the sections that enclose section `index`,
+/// outermost first, from the sections' levels in book order: the nearest
+/// earlier section of each lower level.
+pub fn ancestors(levels: &[u8], index: usize) -> Vec<usize> {
+    let mut chain = Vec::new();
+    let mut level = levels.get(index).copied().unwrap_or(1);
+    for i in (0..index).rev() {
+        if levels[i] < level {
+            chain.push(i);
+            level = levels[i];
+        }
+    }
+    chain.reverse();
+    chain
+}
+
 /// Returns whether a heading names back matter that teaches nothing:
 /// an index, a bibliography, a list of references or a table of contents.
 pub fn is_back_matter(heading: &str) -> bool {
@@ -115,13 +131,20 @@ impl Book {
     /// does not become a concept, and names the remaining untitled text
     /// (before the first heading) after the book.
     pub fn prune(&mut self) {
-        self.sections
-            .retain(|s| !s.heading.trim().is_empty() || !s.text.trim().is_empty());
+        self.sections.retain(|s| !s.heading.trim().is_empty() || !s.text.trim().is_empty());
         for section in &mut self.sections {
             if section.heading.trim().is_empty() {
                 section.heading = self.title.clone();
             }
         }
+    }
+
+    /// Returns the headings that enclose section `index`, outermost first,
+    /// joined with " > " ("2 Simple manipulations > 2.5 Missing values"
+    /// gives "2 Simple manipulations").
+    pub fn context(&self, index: usize) -> String {
+        let levels: Vec<u8> = self.sections.iter().map(|s| s.level).collect();
+        ancestors(&levels, index).iter().map(|&i| self.sections[i].heading.as_str()).collect::<Vec<_>>().join(" > ")
     }
 
     /// Splits every section's text into chunks of about [`CHUNK_CHARS`].
@@ -151,11 +174,7 @@ pub fn split_into_chunks(body: &str, target: usize) -> Vec<String> {
         if paragraph.is_empty() {
             continue;
         }
-        let parts = if paragraph.len() > target {
-            text::sentences(&paragraph)
-        } else {
-            vec![paragraph]
-        };
+        let parts = if paragraph.len() > target { text::sentences(&paragraph) } else { vec![paragraph] };
         for part in parts {
             if !current.is_empty() && current.len() + part.len() + 1 > target {
                 pieces.push(std::mem::take(&mut current));
@@ -183,6 +202,15 @@ mod tests {
         assert_eq!(strip_number("Preface"), "Preface");
         assert_eq!(strip_number("R and statistics"), "R and statistics");
         assert_eq!(strip_number("4 Ordered factors"), "Ordered factors");
+    }
+
+    #[test]
+    fn ancestors_follow_levels() {
+        let levels = [1, 2, 3, 3, 2, 1, 2];
+        assert_eq!(ancestors(&levels, 3), [0, 1]);
+        assert_eq!(ancestors(&levels, 4), [0]);
+        assert_eq!(ancestors(&levels, 6), [5]);
+        assert!(ancestors(&levels, 0).is_empty());
     }
 
     #[test]

@@ -83,11 +83,7 @@ pub fn grade(answer: &str, expected: &str, key_terms: &[String], section: &str) 
     let similarity = embed::cosine(&embed::embed(answer), &embed::embed(expected)).clamp(0.0, 1.0);
     let answer_terms = text::terms(answer);
     let missing: Vec<&String> = key_terms.iter().filter(|t| !answer_terms.contains(t)).collect();
-    let coverage = if key_terms.is_empty() {
-        similarity
-    } else {
-        1.0 - missing.len() as f32 / key_terms.len() as f32
-    };
+    let coverage = if key_terms.is_empty() { similarity } else { 1.0 - missing.len() as f32 / key_terms.len() as f32 };
     let score = (SIMILARITY_WEIGHT * similarity + COVERAGE_WEIGHT * coverage * prose_factor(answer)).clamp(0.0, 1.0);
     let score = (score * 100.0).round() / 100.0;
 
@@ -159,8 +155,13 @@ mod tests {
 
     #[test]
     fn suggestions_name_words_not_stems() {
-        let g = grade("Plants need water and light to grow well.", TEXT, &["miss".to_string(), "available".to_string()], "2.5")
-            .expect("grade");
+        let g = grade(
+            "Plants need water and light to grow well.",
+            TEXT,
+            &["miss".to_string(), "available".to_string()],
+            "2.5",
+        )
+        .expect("grade");
         assert!(g.suggestions[0].contains("missing"), "{g:?}");
     }
 

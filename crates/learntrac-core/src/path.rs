@@ -78,9 +78,30 @@ mod tests {
     #[test]
     fn orders_by_book_and_links_prerequisites() {
         let mut candidates = vec![
-            Candidate { section_id: 30, book_id: 1, position: 30, book_position: 0.3, heading: "2.7 Index vectors", text: "Index vectors select elements of a vector; missing values can be excluded." },
-            Candidate { section_id: 10, book_id: 1, position: 10, book_position: 0.1, heading: "2.1 Vectors", text: "A vector is an ordered collection of numbers." },
-            Candidate { section_id: 20, book_id: 1, position: 20, book_position: 0.2, heading: "2.5 Missing values", text: "Elements of a vector may be NA, a missing value." },
+            Candidate {
+                section_id: 30,
+                book_id: 1,
+                position: 30,
+                book_position: 0.3,
+                heading: "2.7 Index vectors",
+                text: "Index vectors select elements of a vector; missing values can be excluded.",
+            },
+            Candidate {
+                section_id: 10,
+                book_id: 1,
+                position: 10,
+                book_position: 0.1,
+                heading: "2.1 Vectors",
+                text: "A vector is an ordered collection of numbers.",
+            },
+            Candidate {
+                section_id: 20,
+                book_id: 1,
+                position: 20,
+                book_position: 0.2,
+                heading: "2.5 Missing values",
+                text: "Elements of a vector may be NA, a missing value.",
+            },
         ];
         let plan = plan(&mut candidates);
         let concepts: Vec<_> = plan.iter().map(|p| p.concept.as_str()).collect();

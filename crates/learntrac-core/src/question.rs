@@ -33,21 +33,15 @@ const MAX_KEY_TERMS: usize = 8;
 
 pub fn generate(source: &Source<'_>) -> Question {
     let concept_terms = text::terms(source.concept);
-    let sentences: Vec<String> = text::sentences(source.text)
-        .into_iter()
-        .filter(|s| is_prose(s))
-        .collect();
+    let sentences: Vec<String> = text::sentences(source.text).into_iter().filter(|s| is_prose(s)).collect();
 
     let mut frequency: HashMap<String, f32> = HashMap::new();
     for term in text::terms(source.text) {
         *frequency.entry(term).or_default() += 1.0;
     }
 
-    let mut ranked: Vec<(usize, f32)> = sentences
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i, sentence_score(s, i, &concept_terms, &frequency)))
-        .collect();
+    let mut ranked: Vec<(usize, f32)> =
+        sentences.iter().enumerate().map(|(i, s)| (i, sentence_score(s, i, &concept_terms, &frequency))).collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
 
     // The best sentence, plus the next best if both fit, kept in text order.
@@ -97,12 +91,11 @@ fn sentence_score(sentence: &str, index: usize, concept: &[String], frequency: &
         return 0.0;
     }
     let concept_hits = concept.iter().filter(|c| terms.contains(c)).count() as f32;
-    let centrality: f32 = terms.iter().map(|t| frequency.get(t).copied().unwrap_or(0.0).ln_1p()).sum::<f32>()
-        / terms.len() as f32;
+    let centrality: f32 =
+        terms.iter().map(|t| frequency.get(t).copied().unwrap_or(0.0).ln_1p()).sum::<f32>() / terms.len() as f32;
     let lower = sentence.to_lowercase();
-    let defines = [" is ", " are ", " means ", " called ", " refers to ", " known as "]
-        .iter()
-        .any(|p| lower.contains(p));
+    let defines =
+        [" is ", " are ", " means ", " called ", " refers to ", " known as "].iter().any(|p| lower.contains(p));
     let early = 1.0 / (1.0 + index as f32 * 0.15);
     2.0 * concept_hits + centrality + if defines { 0.8 } else { 0.0 } + early
 }
@@ -200,11 +193,23 @@ mod tests {
 
     #[test]
     fn questions_keep_the_book_capitalisation() {
-        let q = generate(&Source { concept: "Generator Expressions", text: "Some text about things that happen here.", book_position: 0.5 });
+        let q = generate(&Source {
+            concept: "Generator Expressions",
+            text: "Some text about things that happen here.",
+            book_position: 0.5,
+        });
         assert_eq!(q.question, "How does the text explain Generator Expressions, and why does it matter?");
-        let q = generate(&Source { concept: "The glm() function", text: "Some text about things that happen here.", book_position: 0.5 });
+        let q = generate(&Source {
+            concept: "The glm() function",
+            text: "Some text about things that happen here.",
+            book_position: 0.5,
+        });
         assert_eq!(q.question, "What does glm() do, and when would you use it?");
-        let q = generate(&Source { concept: "What Now?", text: "Some text about things that happen here.", book_position: 0.5 });
+        let q = generate(&Source {
+            concept: "What Now?",
+            text: "Some text about things that happen here.",
+            book_position: 0.5,
+        });
         assert_eq!(q.question, "How does the text explain What Now, and why does it matter?");
     }
 

@@ -14,6 +14,8 @@ pub struct Passage {
     pub section_id: i64,
     pub book_title: String,
     pub heading: String,
+    /// Headings of the enclosing chapter and sections, outermost first.
+    pub context: String,
     pub text: String,
 }
 
@@ -24,6 +26,9 @@ pub struct Hit {
     pub relevance: f32,
     pub lexical: f32,
     pub semantic: f32,
+    /// Share of the query's information (its terms weighted by rarity) that
+    /// occurs in the passage or its headings, 0.0 to 1.0.
+    pub coverage: f32,
 }
 
 struct Entry {
@@ -31,6 +36,7 @@ struct Entry {
     embedding: Vec<f32>,
     term_counts: HashMap<String, u32>,
     heading_terms: Vec<String>,
+    context_terms: Vec<String>,
     length: u32,
 }
 
@@ -75,11 +81,20 @@ impl Index {
         let length = term_counts.values().sum::<u32>().max(1);
         self.total_length += u64::from(length);
         let heading_terms = text::terms(&passage.heading);
-        self.entries.push(Entry { passage: Arc::new(passage), embedding, term_counts, heading_terms, length });
+        let context_terms = text::terms(&passage.context);
+        self.entries.push(Entry {
+            passage: Arc::new(passage),
+            embedding,
+            term_counts,
+            heading_terms,
+            context_terms,
+            length,
+        });
     }
 
     /// Returns up to `limit` passages with relevance of at least
-    /// `min_relevance`, best first.
+    /// `min_relevance`, best first, at most one per section (its best), so
+    /// that a long section does not crowd out the others.
     pub fn search(&self, query: &str, limit: usize, min_relevance: f32) -> Vec<Hit> {
         let mut query_terms = text::terms(query);
         query_terms.sort();
@@ -104,33 +119,46 @@ impl Index {
             .iter()
             .map(|entry| {
                 let mut matched = 0.0;
+                let mut present = 0.0;
                 for (term, weight) in query_terms.iter().zip(&idf) {
                     let tf = entry.term_counts.get(term).copied().unwrap_or(0) as f32;
+                    let in_text = tf / (tf + K1 * (1.0 - B + B * entry.length as f32 / average_length));
+                    // The section's own heading counts fully, an enclosing
+                    // chapter's heading half: a subsection is about its
+                    // chapter's subject, but less specifically.
                     let saturation = if entry.heading_terms.contains(term) {
                         1.0
+                    } else if entry.context_terms.contains(term) {
+                        in_text.max(0.5)
                     } else {
-                        tf / (tf + K1 * (1.0 - B + B * entry.length as f32 / average_length))
+                        in_text
                     };
                     matched += weight * saturation;
+                    if saturation > 0.0 {
+                        present += weight;
+                    }
                 }
                 let lexical = if idf_total > 0.0 { matched / idf_total } else { 0.0 };
+                let coverage = if idf_total > 0.0 { present / idf_total } else { 0.0 };
                 let cosine = embed::cosine(&query_embedding, &entry.embedding);
                 let semantic = (cosine / SEMANTIC_FULL).clamp(0.0, 1.0);
                 let relevance = LEXICAL_WEIGHT * lexical + (1.0 - LEXICAL_WEIGHT) * semantic;
-                Hit { passage: entry.passage.clone(), relevance, lexical, semantic }
+                Hit { passage: entry.passage.clone(), relevance, lexical, semantic, coverage }
             })
             .filter(|hit| hit.relevance >= min_relevance)
             .collect();
         hits.sort_by(|a, b| b.relevance.total_cmp(&a.relevance));
+        let mut seen_sections = std::collections::HashSet::new();
+        hits.retain(|hit| seen_sections.insert(hit.passage.section_id));
         hits.truncate(limit);
         hits
     }
 }
 
-/// The text embedded for a chunk: the heading gives context to a passage
+/// The text embedded for a chunk: the headings give context to a passage
 /// that does not repeat its own topic.
-pub fn embedding_text(heading: &str, chunk: &str) -> String {
-    format!("{heading}. {chunk}")
+pub fn embedding_text(context: &str, heading: &str, chunk: &str) -> String {
+    if context.is_empty() { format!("{heading}. {chunk}") } else { format!("{context}. {heading}. {chunk}") }
 }
 
 #[cfg(test)]
@@ -144,6 +172,7 @@ mod tests {
             section_id: id,
             book_title: "Book".into(),
             heading: heading.into(),
+            context: String::new(),
             text: body.into(),
         }
     }
@@ -156,11 +185,15 @@ mod tests {
             (2, "2.5 Missing values", "A missing value is marked NA. Any operation on an NA becomes an NA."),
             (3, "12 Graphics", "Plotting commands draw on a graphics device such as a window."),
         ] {
-            index.insert(passage(id, heading, body), embed::embed(&embedding_text(heading, body)));
+            index.insert(passage(id, heading, body), embed::embed(&embedding_text("", heading, body)));
         }
         let hits = index.search("how does R handle missing values", 10, 0.0);
         assert_eq!(hits[0].passage.chunk_id, 2);
         assert!(hits[0].relevance > hits[1].relevance);
+        let sections: Vec<i64> = hits.iter().map(|h| h.passage.section_id).collect();
+        assert_eq!(sections.len(), 3, "one hit per section");
+        let graphics = hits.iter().find(|h| h.passage.chunk_id == 3).map_or(0.0, |h| h.coverage);
+        assert!(hits[0].coverage > graphics, "the best hit contains more of the query");
         assert!(index.search("missing values", 10, 0.99).len() <= 1);
         assert!(index.search("the of and", 10, 0.0).is_empty());
     }

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use learntrac_core::book::{Book, Format};
+use learntrac_core::embed;
 use learntrac_core::ingest;
 use learntrac_core::search::{Index, Passage, embedding_text};
-use learntrac_core::embed;
 
 fn corpus_file(name: &str) -> PathBuf {
     let root = std::env::var_os("LEARNTRAC_CORPUS")
@@ -29,20 +29,32 @@ fn r_intro_keeps_outline_titles() {
     let headings: Vec<&str> = book.sections.iter().map(|s| s.heading.as_str()).collect();
     if std::env::var_os("LEARNTRAC_PRINT_SECTIONS").is_some() {
         for s in &book.sections {
-            println!("{} [{}] {} chars: {}", s.level, s.heading, s.text.len(), s.text.chars().take(100).collect::<String>());
+            println!(
+                "{} [{}] {} chars: {}",
+                s.level,
+                s.heading,
+                s.text.len(),
+                s.text.chars().take(100).collect::<String>()
+            );
         }
     }
-    for expected in ["2.5 Missing values", "2 Simple manipulations; numbers and vectors", "1.1 The R environment", "5.1 Arrays"] {
+    for expected in
+        ["2.5 Missing values", "2 Simple manipulations; numbers and vectors", "1.1 The R environment", "5.1 Arrays"]
+    {
         assert!(headings.contains(&expected), "{expected:?} missing from {headings:?}");
     }
-    let missing = book.sections.iter().find(|s| s.heading == "2.5 Missing values").map(|s| s.text.as_str()).unwrap_or_default();
+    let missing =
+        book.sections.iter().find(|s| s.heading == "2.5 Missing values").map(|s| s.text.as_str()).unwrap_or_default();
     assert!(missing.contains("NA"), "{missing}");
     assert!(missing.contains("not available"), "{missing}");
     assert!(!missing.contains("2.6 Character vectors"), "section text runs into the next section: {missing}");
     let with_running_header: Vec<&str> = book
         .sections
         .iter()
-        .filter(|s| s.text.contains("Chapter 3: Objects, their modes and attributes") || s.text.contains("Chapter 2: Simple manipulations"))
+        .filter(|s| {
+            s.text.contains("Chapter 3: Objects, their modes and attributes")
+                || s.text.contains("Chapter 2: Simple manipulations")
+        })
         .map(|s| s.heading.as_str())
         .collect();
     assert!(with_running_header.is_empty(), "running headers left in {with_running_header:?}");
@@ -57,9 +69,18 @@ fn r_intro_search_finds_missing_values() {
     let mut index = Index::new();
     for (i, chunk) in book.chunks().into_iter().enumerate() {
         let heading = &book.sections[chunk.section].heading;
-        let vector = embed::embed(&embedding_text(heading, &chunk.text));
+        let context = book.context(chunk.section);
+        let vector = embed::embed(&embedding_text(&context, heading, &chunk.text));
         index.insert(
-            Passage { chunk_id: i as i64, book_id: 1, section_id: chunk.section as i64, book_title: book.title.clone(), heading: heading.clone(), text: chunk.text },
+            Passage {
+                chunk_id: i as i64,
+                book_id: 1,
+                section_id: chunk.section as i64,
+                book_title: book.title.clone(),
+                heading: heading.clone(),
+                context,
+                text: chunk.text,
+            },
             vector,
         );
     }
@@ -76,7 +97,11 @@ fn r_intro_search_finds_missing_values() {
 fn python_tutorial_html_has_numbered_sections() {
     let book = load("python-tutorial/controlflow.html");
     assert!(book.title.contains("More Control Flow Tools"), "{}", book.title);
-    assert!(book.sections.iter().any(|s| s.heading.starts_with("4.1. if Statements")), "{:?}", book.sections.iter().map(|s| &s.heading).collect::<Vec<_>>());
+    assert!(
+        book.sections.iter().any(|s| s.heading.starts_with("4.1. if Statements")),
+        "{:?}",
+        book.sections.iter().map(|s| &s.heading).collect::<Vec<_>>()
+    );
     assert!(book.sections.iter().all(|s| !s.text.contains("Navigation")));
 }
 
@@ -93,11 +118,21 @@ fn expected_answers_master_every_r_intro_question() {
         if section.text.trim().is_empty() || learntrac_core::book::is_back_matter(&section.heading) {
             continue;
         }
-        let q = generate(&Source { concept: section.concept(), text: &section.text, book_position: i as f32 / book.sections.len() as f32 });
-        let own = grade(&q.expected_answer, &q.expected_answer, &q.key_terms, &section.heading).map(|g| g.score).unwrap_or(0.0);
-        let other = grade(unrelated, &q.expected_answer, &q.key_terms, &section.heading).map(|g| g.score).unwrap_or(1.0);
+        let q = generate(&Source {
+            concept: section.concept(),
+            text: &section.text,
+            book_position: i as f32 / book.sections.len() as f32,
+        });
+        let own = grade(&q.expected_answer, &q.expected_answer, &q.key_terms, &section.heading)
+            .map(|g| g.score)
+            .unwrap_or(0.0);
+        let other =
+            grade(unrelated, &q.expected_answer, &q.key_terms, &section.heading).map(|g| g.score).unwrap_or(1.0);
         if own < 0.9 || other > 0.2 {
-            failures.push(format!("{}: own {own:.2}, unrelated {other:.2}, answer {:?}", section.heading, q.expected_answer));
+            failures.push(format!(
+                "{}: own {own:.2}, unrelated {other:.2}, answer {:?}",
+                section.heading, q.expected_answer
+            ));
         }
     }
     assert!(failures.is_empty(), "{} sections fail:\n{}", failures.len(), failures.join("\n"));

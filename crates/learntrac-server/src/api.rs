@@ -2,8 +2,8 @@
 //! every call needs a valid bearer token.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -118,7 +118,11 @@ async fn upload_book(
     Ok((StatusCode::CREATED, Json(json!(record))))
 }
 
-async fn delete_book(State(state): State<AppState>, ApiUser(user): ApiUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_book(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     require_staff(&user, "delete books")?;
     service::delete_book(&state, parse_id(&id, "book")?).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -127,17 +131,11 @@ async fn delete_book(State(state): State<AppState>, ApiUser(user): ApiUser, Path
 /// The upload route, with the configured upload size limit in place of the
 /// JSON limit.
 pub fn upload_routes(max_upload_bytes: usize) -> Router<AppState> {
-    Router::new()
-        .route("/books", post(upload_book))
-        .layer(DefaultBodyLimit::max(max_upload_bytes))
+    Router::new().route("/books", post(upload_book)).layer(DefaultBodyLimit::max(max_upload_bytes))
 }
 
 pub fn require_staff(user: &Principal, action: &str) -> ApiResult<()> {
-    if user.is_staff() {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!("only instructors and admins may {action}")))
-    }
+    if user.is_staff() { Ok(()) } else { Err(ApiError::Forbidden(format!("only instructors and admins may {action}"))) }
 }
 
 #[derive(Deserialize)]
@@ -159,10 +157,17 @@ pub fn passage_json(hit: &Hit) -> Value {
     })
 }
 
-async fn search(State(state): State<AppState>, ApiUser(_): ApiUser, JsonBody(request): JsonBody<SearchRequest>) -> ApiResult<Json<Value>> {
+async fn search(
+    State(state): State<AppState>,
+    ApiUser(_): ApiUser,
+    JsonBody(request): JsonBody<SearchRequest>,
+) -> ApiResult<Json<Value>> {
     let limit = request.limit.unwrap_or(10);
     if !(1..=service::MAX_PASSAGES).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", format!("limit must be from 1 to {}", service::MAX_PASSAGES)));
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be from 1 to {}", service::MAX_PASSAGES),
+        ));
     }
     let hits = service::search(&state, &request.query, limit)?;
     Ok(Json(json!({ "query": request.query.trim(), "passages": hits.iter().map(passage_json).collect::<Vec<_>>() })))
@@ -213,17 +218,29 @@ async fn list_paths(State(state): State<AppState>, ApiUser(user): ApiUser) -> Ap
     Ok(Json(json!({ "paths": state.store.path_summaries(owner).await? })))
 }
 
-async fn get_path(State(state): State<AppState>, ApiUser(user): ApiUser, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_path(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let path = service::visible_path(&state, &user, parse_id(&id, "path")?).await?;
     Ok(Json(path_json(&path)))
 }
 
-async fn path_graph(State(state): State<AppState>, ApiUser(user): ApiUser, Path(id): Path<String>) -> ApiResult<Response> {
+async fn path_graph(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let path = service::visible_path(&state, &user, parse_id(&id, "path")?).await?;
     Ok(([(header::CONTENT_TYPE, "image/svg+xml")], graph::svg(&path.tickets)).into_response())
 }
 
-async fn get_ticket(State(state): State<AppState>, ApiUser(user): ApiUser, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_ticket(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let ticket = service::visible_ticket(&state, &user, parse_id(&id, "ticket")?).await?;
     let mut body = ticket_summary(&ticket);
     body["path_id"] = json!(ticket.path_id);
@@ -264,7 +281,11 @@ async fn post_answer(
     ))
 }
 
-async fn list_answers(State(state): State<AppState>, ApiUser(user): ApiUser, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn list_answers(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let ticket = service::visible_ticket(&state, &user, parse_id(&id, "ticket")?).await?;
     Ok(Json(json!({ "ticket_id": ticket.id, "answers": state.store.answers(ticket.id).await? })))
 }
@@ -273,7 +294,8 @@ async fn list_answers(State(state): State<AppState>, ApiUser(user): ApiUser, Pat
 mod tests {
     #[test]
     fn openapi_documents_every_route() {
-        let document: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).expect("openapi.json is JSON");
+        let document: serde_json::Value =
+            serde_json::from_str(include_str!("openapi.json")).expect("openapi.json is JSON");
         assert!(document["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
         for (path, method) in [
             ("/api/v1/openapi.json", "get"),

@@ -135,7 +135,8 @@ pub fn validate_access(keys: &SigningKeys, issuer: &str, token: &str, now: i64) 
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_issuer(&[issuer]);
     validation.set_audience(&[ACCESS_AUDIENCE]);
-    validation.required_spec_claims = HashSet::from(["exp".into(), "iss".into(), "aud".into(), "sub".into(), "nbf".into()]);
+    validation.required_spec_claims =
+        HashSet::from(["exp".into(), "iss".into(), "aud".into(), "sub".into(), "nbf".into()]);
     // Time is checked below against the caller's clock.
     validation.validate_exp = false;
     validation.validate_nbf = false;
@@ -143,16 +144,22 @@ pub fn validate_access(keys: &SigningKeys, issuer: &str, token: &str, now: i64) 
         .map_err(|e| TokenRejection::Invalid(e.to_string()))?
         .claims;
 
+    check_time(&claims, now)?;
+    if claims.token_use != TokenUse::Access {
+        return Err(TokenRejection::WrongUse(claims.token_use));
+    }
+    Ok(claims)
+}
+
+/// Checks `exp` and `nbf` against `now`, with [`LEEWAY`].
+fn check_time(claims: &Claims, now: i64) -> Result<(), TokenRejection> {
     if claims.exp + LEEWAY <= now {
         return Err(TokenRejection::Expired { exp: claims.exp, now });
     }
     if claims.nbf - LEEWAY > now {
         return Err(TokenRejection::NotYetValid { nbf: claims.nbf, now });
     }
-    if claims.token_use != TokenUse::Access {
-        return Err(TokenRejection::WrongUse(claims.token_use));
-    }
-    Ok(claims)
+    Ok(())
 }
 
 fn principal_from(claims: Claims) -> Option<Principal> {
@@ -197,10 +204,51 @@ impl RevocationCache {
     }
 }
 
+/// Most tokens whose verified claims are kept; the cache is emptied when full.
+const VERIFIED_TOKENS_MAX: usize = 10_000;
+
+/// Claims of tokens whose signature and claims were already verified, by
+/// the SHA-256 of the whole token, so that a session's repeated requests
+/// skip the RSA verification. Time is still checked on every use.
+#[derive(Default)]
+pub struct VerifiedTokens {
+    entries: std::sync::RwLock<std::collections::HashMap<[u8; 32], Claims>>,
+}
+
+impl VerifiedTokens {
+    fn key(token: &str) -> [u8; 32] {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        key
+    }
+
+    /// Returns the claims of `token`, verifying it only if it is not cached.
+    fn validate(&self, keys: &SigningKeys, issuer: &str, token: &str, now: i64) -> Result<Claims, TokenRejection> {
+        let key = VerifiedTokens::key(token);
+        let cached = self.entries.read().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        if let Some(claims) = cached {
+            check_time(&claims, now)?;
+            return Ok(claims);
+        }
+        let claims = validate_access(keys, issuer, token, now)?;
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= VERIFIED_TOKENS_MAX {
+            entries.clear();
+        }
+        entries.insert(key, claims.clone());
+        Ok(claims)
+    }
+}
+
 /// Validates `token` (signature and claims, then revocation) and logs the
 /// reason when it is rejected. `Ok(None)` means rejected.
-pub async fn authenticate(state: &AppState, token: &str, source: &str) -> Result<Option<(Principal, Claims)>, ApiError> {
-    let claims = match validate_access(&state.keys, &state.config.public_url, token, state.now()) {
+pub async fn authenticate(
+    state: &AppState,
+    token: &str,
+    source: &str,
+) -> Result<Option<(Principal, Claims)>, ApiError> {
+    let claims = match state.verified_tokens.validate(&state.keys, &state.config.public_url, token, state.now()) {
         Ok(claims) => claims,
         Err(reason) => {
             tracing::warn!(target: "learntrac::security", source, reason = %reason, "token rejected");
@@ -344,9 +392,15 @@ mod tests {
         assert!(matches!(validate_access(&keys, "https://other", &token, 1010), Err(TokenRejection::Invalid(_))));
 
         let id_token = issue(&keys, iss, CLI_CLIENT_ID, TokenUse::Id, &user(), 60, 1000).expect("issue");
-        assert!(matches!(validate_access(&keys, iss, &id_token, 1010), Err(TokenRejection::Invalid(_))), "wrong audience");
+        assert!(
+            matches!(validate_access(&keys, iss, &id_token, 1010), Err(TokenRejection::Invalid(_))),
+            "wrong audience"
+        );
         let id_as_access = issue(&keys, iss, ACCESS_AUDIENCE, TokenUse::Id, &user(), 60, 1000).expect("issue");
-        assert_eq!(validate_access(&keys, iss, &id_as_access, 1010).err(), Some(TokenRejection::WrongUse(TokenUse::Id)));
+        assert_eq!(
+            validate_access(&keys, iss, &id_as_access, 1010).err(),
+            Some(TokenRejection::WrongUse(TokenUse::Id))
+        );
 
         let other = self::keys();
         assert!(matches!(validate_access(&other, iss, &token, 1010), Err(TokenRejection::UnknownKey(_))));
@@ -354,6 +408,20 @@ mod tests {
         tampered.insert(tampered.len() - 5, 'A');
         assert!(validate_access(&keys, iss, &tampered, 1010).is_err());
         assert!(matches!(validate_access(&keys, iss, "not.a.token", 1010), Err(TokenRejection::Malformed(_))));
+    }
+
+    #[test]
+    fn verified_tokens_still_expire() {
+        let keys = keys();
+        let iss = "https://lt.example";
+        let cache = VerifiedTokens::default();
+        let token = issue(&keys, iss, ACCESS_AUDIENCE, TokenUse::Access, &user(), 60, 1000).expect("issue");
+        assert!(cache.validate(&keys, iss, &token, 1010).is_ok());
+        assert!(cache.validate(&keys, iss, &token, 1020).is_ok(), "served from the cache");
+        assert!(matches!(cache.validate(&keys, iss, &token, 2000), Err(TokenRejection::Expired { .. })));
+        let mut tampered = token.clone();
+        tampered.push('x');
+        assert!(cache.validate(&keys, iss, &tampered, 1010).is_err(), "another token string is verified afresh");
     }
 
     #[test]

@@ -109,7 +109,9 @@ impl IntoResponse for ApiError {
 pub fn add_challenge(error: &ApiError, response: &mut Response) {
     match error {
         ApiError::Unauthorized => {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"learntrac\""));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"learntrac\""));
         }
         ApiError::InvalidToken => {
             response.headers_mut().insert(

@@ -94,7 +94,12 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
 fn role_of(path: &str) -> &'static str {
     if path.starts_with("/api/") {
         "api"
-    } else if path.starts_with("/oauth2/") || path.starts_with("/.well-known/") || path.starts_with("/login") || path.starts_with("/logout") || path.starts_with("/account") {
+    } else if path.starts_with("/oauth2/")
+        || path.starts_with("/.well-known/")
+        || path.starts_with("/login")
+        || path.starts_with("/logout")
+        || path.starts_with("/account")
+    {
         "idp"
     } else if path == "/healthz" {
         "gateway"
@@ -120,7 +125,8 @@ pub async fn same_origin_forms(request: Request, next: Next) -> Response {
             let origin = origin.to_str().unwrap_or("");
             if expected.as_deref() != Some(origin) {
                 tracing::warn!(target: "learntrac::security", origin, expected = expected.as_deref().unwrap_or("-"), "cross-site form post rejected");
-                return crate::pages::PageError(ApiError::Forbidden("cross-site form posts are not accepted".into())).into_response();
+                return crate::pages::PageError(ApiError::Forbidden("cross-site form posts are not accepted".into()))
+                    .into_response();
             }
         }
     }
@@ -172,8 +178,10 @@ pub struct Listeners {
 
 impl Listeners {
     pub fn bind(https: SocketAddr, http: SocketAddr) -> Result<Listeners> {
-        let https = TcpListener::bind(https).with_context(|| format!("cannot listen on {https} for HTTPS; is another server using it?"))?;
-        let http = TcpListener::bind(http).with_context(|| format!("cannot listen on {http} for HTTP; is another server using it?"))?;
+        let https = TcpListener::bind(https)
+            .with_context(|| format!("cannot listen on {https} for HTTPS; is another server using it?"))?;
+        let http = TcpListener::bind(http)
+            .with_context(|| format!("cannot listen on {http} for HTTP; is another server using it?"))?;
         https.set_nonblocking(true)?;
         http.set_nonblocking(true)?;
         Ok(Listeners { https, http })
@@ -181,7 +189,11 @@ impl Listeners {
 }
 
 /// Serves HTTPS and the HTTP redirect until `shutdown` completes.
-pub async fn serve(state: AppState, listeners: Listeners, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn serve(
+    state: AppState,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let https_addr = listeners.https.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
     let hostnames = public_hostnames(&state.config.public_url);
@@ -203,9 +215,7 @@ pub async fn serve(state: AppState, listeners: Listeners, shutdown: impl std::fu
         let target = redirect_target(&public_url, request.uri());
         async move { Redirect::permanent(&target).into_response() }
     });
-    let http = axum_server::from_tcp(listeners.http)?
-        .handle(handle.clone())
-        .serve(redirect.into_make_service());
+    let http = axum_server::from_tcp(listeners.http)?.handle(handle.clone()).serve(redirect.into_make_service());
 
     tracing::info!(https = %https_addr, http = %http_addr, public_url = %state.config.public_url, "gateway listening");
     let shutdown_handle = handle.clone();
@@ -255,7 +265,10 @@ mod tests {
     #[test]
     fn redirect_keeps_path_on_public_url() {
         let uri: Uri = "/wiki/WikiStart?x=1".parse().expect("uri");
-        assert_eq!(redirect_target("https://learn.example:8443", &uri), "https://learn.example:8443/wiki/WikiStart?x=1");
+        assert_eq!(
+            redirect_target("https://learn.example:8443", &uri),
+            "https://learn.example:8443/wiki/WikiStart?x=1"
+        );
         assert_eq!(redirect_target("https://learn.example/", &"/".parse().expect("uri")), "https://learn.example/");
     }
 }

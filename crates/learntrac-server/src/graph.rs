@@ -64,8 +64,7 @@ pub fn svg(tickets: &[Ticket]) -> String {
             let _ = write!(
                 out,
                 "<line class=\"prerequisite\" data-from=\"{}\" data-to=\"{}\" x1=\"{x1}\" y1=\"{y1}\" x2=\"{x2}\" y2=\"{y2}\" stroke=\"#555\" stroke-width=\"1.5\" marker-end=\"url(#arrow)\"/>",
-                tickets[j].id,
-                ticket.id
+                tickets[j].id, ticket.id
             );
         }
     }

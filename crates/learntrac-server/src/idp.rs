@@ -113,11 +113,12 @@ async fn token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Result<Form<TokenRequest>, FormRejection>,
 ) -> Result<Response, OAuthError> {
-    state
-        .limiter
-        .check(&format!("sign-in:{}", peer.ip()), SIGN_IN_LIMIT, Duration::from_secs(60), Instant::now())?;
+    state.limiter.check(&format!("sign-in:{}", peer.ip()), SIGN_IN_LIMIT, Duration::from_secs(60), Instant::now())?;
     let Form(request) = request.map_err(|rejection| {
-        OAuthError::new("invalid_request", format!("send the parameters form-encoded (application/x-www-form-urlencoded): {}", rejection.body_text()))
+        OAuthError::new(
+            "invalid_request",
+            format!("send the parameters form-encoded (application/x-www-form-urlencoded): {}", rejection.body_text()),
+        )
     })?;
     if request.client_id.as_deref() != Some(CLI_CLIENT_ID) {
         let mut error = OAuthError::new("invalid_client", format!("unknown client_id; use {CLI_CLIENT_ID}"));
@@ -168,7 +169,10 @@ async fn token(
             }
         }
         Some(other) => {
-            return Err(OAuthError::new("unsupported_grant_type", format!("grant_type {other:?} is not supported; use password or refresh_token")));
+            return Err(OAuthError::new(
+                "unsupported_grant_type",
+                format!("grant_type {other:?} is not supported; use password or refresh_token"),
+            ));
         }
         None => return Err(OAuthError::new("invalid_request", "grant_type is missing")),
     };
@@ -201,7 +205,12 @@ async fn token_response(state: &AppState, user: &User) -> Result<serde_json::Val
 
 /// Verifies a password with the same work whether or not the account
 /// exists, and reports a disabled account only after the password matched.
-async fn check_credentials(state: &AppState, email: &str, password: &str, peer: SocketAddr) -> Result<Option<User>, ApiError> {
+async fn check_credentials(
+    state: &AppState,
+    email: &str,
+    password: &str,
+    peer: SocketAddr,
+) -> Result<Option<User>, ApiError> {
     let user = state.store.user_by_email(email).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     let candidate = password.to_string();
@@ -277,8 +286,11 @@ async fn sign_in(
     PageForm(form): PageForm<SignInForm>,
 ) -> Result<Response, ApiError> {
     let next = safe_next(form.next.as_deref());
-    if let Err(error) = state.limiter.check(&format!("sign-in:{}", peer.ip()), SIGN_IN_LIMIT, Duration::from_secs(60), Instant::now()) {
-        let mut response = (StatusCode::TOO_MANY_REQUESTS, sign_in_form(&next, Some(&error.to_string()))).into_response();
+    if let Err(error) =
+        state.limiter.check(&format!("sign-in:{}", peer.ip()), SIGN_IN_LIMIT, Duration::from_secs(60), Instant::now())
+    {
+        let mut response =
+            (StatusCode::TOO_MANY_REQUESTS, sign_in_form(&next, Some(&error.to_string()))).into_response();
         crate::error::add_challenge(&error, &mut response);
         return Ok(response);
     }
@@ -292,12 +304,21 @@ async fn sign_in(
 /// Sets the session cookie for `user` and redirects to `target`.
 fn session_response(state: &AppState, user: &User, target: &str) -> Result<Response, ApiError> {
     let lifetime = state.config.session_seconds;
-    let token = auth::issue(&state.keys, &state.config.public_url, ACCESS_AUDIENCE, TokenUse::Access, user, lifetime, state.now())?;
+    let token = auth::issue(
+        &state.keys,
+        &state.config.public_url,
+        ACCESS_AUDIENCE,
+        TokenUse::Access,
+        user,
+        lifetime,
+        state.now(),
+    )?;
     let cookie = format!("{SESSION_COOKIE}={token}; Path=/; Max-Age={lifetime}; HttpOnly; Secure; SameSite=Strict");
     let mut response = Redirect::to(target).into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| anyhow::anyhow!("invalid cookie: {e}"))?);
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| anyhow::anyhow!("invalid cookie: {e}"))?,
+    );
     Ok(response)
 }
 
@@ -362,13 +383,18 @@ async fn change_password(
     PageForm(form): PageForm<PasswordForm>,
 ) -> Result<Response, ApiError> {
     let Some(user) = check_credentials(&state, &principal.email, &form.current, peer).await? else {
-        return Ok((StatusCode::BAD_REQUEST, password_form(&principal, Some("The current password is wrong."))).into_response());
+        return Ok((StatusCode::BAD_REQUEST, password_form(&principal, Some("The current password is wrong.")))
+            .into_response());
     };
     if let Err(problem) = password::check_policy(&form.new_password) {
         return Ok((StatusCode::BAD_REQUEST, password_form(&principal, Some(&format!("{problem}.")))).into_response());
     }
     if form.new_password == form.current {
-        return Ok((StatusCode::BAD_REQUEST, password_form(&principal, Some("The new password must differ from the current one."))).into_response());
+        return Ok((
+            StatusCode::BAD_REQUEST,
+            password_form(&principal, Some("The new password must differ from the current one.")),
+        )
+            .into_response());
     }
     let new_password = form.new_password.clone();
     let hash = tokio::task::spawn_blocking(move || password::hash(&new_password))

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::KeyPair as _;
 use aws_lc_rs::rsa::{KeyPair, KeySize};
+use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{DecodingKey, EncodingKey};
@@ -29,13 +29,15 @@ impl SigningKeys {
         if !path.exists() {
             let dir = path.parent().context("key path has no parent")?;
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let key = KeyPair::generate(KeySize::Rsa2048).map_err(|_| anyhow::anyhow!("LT-KEY-GENERATE: RSA key generation failed"))?;
+            let key = KeyPair::generate(KeySize::Rsa2048)
+                .map_err(|_| anyhow::anyhow!("LT-KEY-GENERATE: RSA key generation failed"))?;
             let der = key.as_der().map_err(|_| anyhow::anyhow!("LT-KEY-GENERATE: cannot encode the RSA key"))?;
             crate::write_private(&path, pem("PRIVATE KEY", der.as_ref()).as_bytes())?;
             tracing::info!(path = %path.display(), "generated the token-signing key");
         }
         let pem_text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        SigningKeys::from_pkcs8_pem(&pem_text).with_context(|| format!("LT-KEY-LOAD: invalid token-signing key {}", path.display()))
+        SigningKeys::from_pkcs8_pem(&pem_text)
+            .with_context(|| format!("LT-KEY-LOAD: invalid token-signing key {}", path.display()))
     }
 
     pub fn from_pkcs8_pem(pem_text: &[u8]) -> Result<SigningKeys> {

@@ -9,9 +9,9 @@ pub mod gateway;
 pub mod graph;
 pub mod idp;
 pub mod keys;
-pub mod service;
 pub mod pages;
 pub mod password;
+pub mod service;
 pub mod tls;
 pub mod wiki;
 
@@ -33,6 +33,8 @@ pub struct AppInner {
     pub index: RwLock<Index>,
     pub limiter: gateway::RateLimiter,
     pub revocations: auth::RevocationCache,
+    pub verified_tokens: auth::VerifiedTokens,
+    pub wiki_cache: pages::WikiCache,
 }
 
 #[derive(Clone)]
@@ -61,6 +63,8 @@ impl AppState {
             index: RwLock::new(index),
             limiter: gateway::RateLimiter::new(),
             revocations: auth::RevocationCache::default(),
+            verified_tokens: auth::VerifiedTokens::default(),
+            wiki_cache: pages::WikiCache::default(),
         })))
     }
 
@@ -71,9 +75,7 @@ impl AppState {
 }
 
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Returns `bytes` random bytes from the operating system's CSPRNG,
@@ -161,7 +163,17 @@ mod tests {
         for good in ["ann@example.org", "admin@localhost", "a.b+c@sub.example.co"] {
             assert!(validate_email(good).is_ok(), "{good}");
         }
-        for bad in ["", "ann", "@example.org", "ann@", "<script>alert(1)</script>@example.org", "a b@example.org", "a@b@c.org", "a@example..org", "a@host"] {
+        for bad in [
+            "",
+            "ann",
+            "@example.org",
+            "ann@",
+            "<script>alert(1)</script>@example.org",
+            "a b@example.org",
+            "a@b@c.org",
+            "a@example..org",
+            "a@host",
+        ] {
             assert!(validate_email(bad).is_err(), "{bad}");
         }
     }

@@ -8,7 +8,6 @@ use axum::middleware;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use learntrac_store::Group;
 use serde::Deserialize;
 
 use crate::AppState;
@@ -69,7 +68,11 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, PageError> {
         match Form::<T>::from_request(request, state).await {
             Ok(Form(value)) => Ok(PageForm(value)),
-            Err(rejection) => Err(ApiError::bad_request("invalid_form", format!("the form could not be read: {}", rejection.body_text())).into()),
+            Err(rejection) => Err(ApiError::bad_request(
+                "invalid_form",
+                format!("the form could not be read: {}", rejection.body_text()),
+            )
+            .into()),
         }
     }
 }
@@ -163,11 +166,17 @@ fn learning_path_form() -> String {
 }
 
 fn valid_page_name(name: &str) -> Result<(), PageError> {
-    let ok = !name.is_empty() && name.len() <= 100 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request("invalid_page_name", format!("wiki page name {name:?} may use only letters, digits, '-' and '_'")).into())
+        Err(ApiError::bad_request(
+            "invalid_page_name",
+            format!("wiki page name {name:?} may use only letters, digits, '-' and '_'"),
+        )
+        .into())
     }
 }
 
@@ -176,15 +185,77 @@ struct WikiQuery {
     action: Option<String>,
 }
 
-async fn wiki_page(State(state): State<AppState>, PageUser(user): PageUser, Path(name): Path<String>, Query(query): Query<WikiQuery>) -> PageResult {
-    valid_page_name(&name)?;
-    let page = state.store.wiki_page(&name).await?;
-    let body = match &page {
-        Some(page) => page.body.clone(),
-        None if name == "WikiStart" => wiki::START_PAGE.to_string(),
-        None => String::new(),
+/// How long a rendered wiki page is served from memory. Saving a page in
+/// this process replaces it at once; another process's edit shows within
+/// this time.
+const WIKI_CACHE_SECONDS: u64 = 5;
+
+/// A wiki page as read from the store and rendered.
+pub struct RenderedPage {
+    exists: bool,
+    body: String,
+    html: String,
+}
+
+/// Rendered wiki pages by name, so that reading a page needs neither a
+/// query nor rendering.
+#[derive(Default)]
+pub struct WikiCache {
+    pages: std::sync::RwLock<std::collections::HashMap<String, (std::time::Instant, std::sync::Arc<RenderedPage>)>>,
+}
+
+impl WikiCache {
+    fn get(&self, name: &str) -> Option<std::sync::Arc<RenderedPage>> {
+        let pages = self.pages.read().unwrap_or_else(|p| p.into_inner());
+        let (loaded, page) = pages.get(name)?;
+        (loaded.elapsed().as_secs() < WIKI_CACHE_SECONDS).then(|| page.clone())
+    }
+
+    fn put(&self, name: &str, page: std::sync::Arc<RenderedPage>) {
+        let mut pages = self.pages.write().unwrap_or_else(|p| p.into_inner());
+        // Page names are checked, but a crawler can still ask for many.
+        if pages.len() >= 10_000 {
+            pages.clear();
+        }
+        pages.insert(name.to_string(), (std::time::Instant::now(), page));
+    }
+
+    fn forget(&self, name: &str) {
+        self.pages.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+}
+
+/// Loads and renders a page, or takes it from the cache. A missing
+/// WikiStart shows the built-in start page.
+async fn rendered_page(state: &AppState, name: &str) -> Result<std::sync::Arc<RenderedPage>, PageError> {
+    if let Some(page) = state.wiki_cache.get(name) {
+        return Ok(page);
+    }
+    let stored = state.store.wiki_page(name).await?;
+    let (exists, body) = match stored {
+        Some(page) => (true, page.body),
+        None if name == "WikiStart" => (true, wiki::START_PAGE.to_string()),
+        None => (false, String::new()),
     };
-    let can_edit = user.is(Group::Admins) || user.is(Group::Instructors);
+    let html = if exists {
+        wiki::render(&body, &|macro_name| (macro_name == "LearningPath").then(learning_path_form))
+    } else {
+        format!("<p>The page {} does not exist yet.</p>", escape(name))
+    };
+    let page = std::sync::Arc::new(RenderedPage { exists, body, html });
+    state.wiki_cache.put(name, page.clone());
+    Ok(page)
+}
+
+async fn wiki_page(
+    State(state): State<AppState>,
+    PageUser(user): PageUser,
+    Path(name): Path<String>,
+    Query(query): Query<WikiQuery>,
+) -> PageResult {
+    valid_page_name(&name)?;
+    let page = rendered_page(&state, &name).await?;
+    let can_edit = user.is_staff();
 
     if query.action.as_deref() == Some("edit") {
         if !can_edit {
@@ -194,21 +265,17 @@ async fn wiki_page(State(state): State<AppState>, PageUser(user): PageUser, Path
             "<h1>Edit {0}</h1><form method=\"post\" action=\"/wiki/{0}\"><textarea name=\"text\" rows=\"20\">{1}</textarea>\
              <button type=\"submit\">Save</button></form>",
             escape(&name),
-            escape(&body)
+            escape(&page.body)
         );
         return Ok(layout(&name, Some(&user), &form).into_response());
     }
 
-    let mut html = if page.is_none() && name != "WikiStart" {
-        format!("<p>The page {} does not exist yet.</p>", escape(&name))
-    } else {
-        wiki::render(&body, &|macro_name| (macro_name == "LearningPath").then(learning_path_form))
-    };
+    let status = if page.exists { StatusCode::OK } else { StatusCode::NOT_FOUND };
     if can_edit {
-        html.push_str(&format!("<p><a href=\"/wiki/{}?action=edit\">Edit this page</a></p>", escape(&name)));
+        let html = format!("{}<p><a href=\"/wiki/{}?action=edit\">Edit this page</a></p>", page.html, escape(&name));
+        return Ok((status, layout(&name, Some(&user), &html)).into_response());
     }
-    let status = if page.is_none() && name != "WikiStart" { StatusCode::NOT_FOUND } else { StatusCode::OK };
-    Ok((status, layout(&name, Some(&user), &html)).into_response())
+    Ok((status, layout(&name, Some(&user), &page.html)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -216,12 +283,18 @@ struct WikiForm {
     text: String,
 }
 
-async fn save_wiki_page(State(state): State<AppState>, PageUser(user): PageUser, Path(name): Path<String>, PageForm(form): PageForm<WikiForm>) -> PageResult {
+async fn save_wiki_page(
+    State(state): State<AppState>,
+    PageUser(user): PageUser,
+    Path(name): Path<String>,
+    PageForm(form): PageForm<WikiForm>,
+) -> PageResult {
     valid_page_name(&name)?;
     if !user.is_staff() {
         return Err(ApiError::Forbidden("only instructors and admins may edit wiki pages".into()).into());
     }
     state.store.save_wiki_page(&name, &form.text, Some(user.user_id), state.now()).await?;
+    state.wiki_cache.forget(&name);
     Ok(Redirect::to(&format!("/wiki/{name}")).into_response())
 }
 
@@ -230,7 +303,11 @@ struct GoalForm {
     goal: String,
 }
 
-async fn preview_path(State(state): State<AppState>, PageUser(user): PageUser, PageForm(form): PageForm<GoalForm>) -> PageResult {
+async fn preview_path(
+    State(state): State<AppState>,
+    PageUser(user): PageUser,
+    PageForm(form): PageForm<GoalForm>,
+) -> PageResult {
     let hits = service::search(&state, &form.goal, service::MAX_PASSAGES)?;
     let mut html = format!("<h1>Passages for your goal</h1><p><em>{}</em></p>", escape(form.goal.trim()));
     if hits.is_empty() {
@@ -238,7 +315,10 @@ async fn preview_path(State(state): State<AppState>, PageUser(user): PageUser, P
         html.push_str(&learning_path_form());
         return Ok(layout("Passages", Some(&user), &html).into_response());
     }
-    html.push_str(&format!("<p>{} passages found. Confirm to create a ticket for each concept they teach.</p>", hits.len()));
+    html.push_str(&format!(
+        "<p>{} passages found. Confirm to create a ticket for each concept they teach.</p>",
+        hits.len()
+    ));
     html.push_str(&format!(
         "<form method=\"post\" action=\"/paths\"><input type=\"hidden\" name=\"goal\" value=\"{}\"><button type=\"submit\" id=\"confirm-path\">Create learning path</button></form>",
         escape(form.goal.trim())
@@ -255,7 +335,11 @@ async fn preview_path(State(state): State<AppState>, PageUser(user): PageUser, P
     Ok(layout("Passages", Some(&user), &html).into_response())
 }
 
-async fn create_path(State(state): State<AppState>, PageUser(user): PageUser, PageForm(form): PageForm<GoalForm>) -> PageResult {
+async fn create_path(
+    State(state): State<AppState>,
+    PageUser(user): PageUser,
+    PageForm(form): PageForm<GoalForm>,
+) -> PageResult {
     let path = service::create_path(&state, &user, &form.goal, service::DEFAULT_CONCEPTS).await?;
     Ok(Redirect::to(&format!("/paths/{}", path.id)).into_response())
 }
@@ -272,7 +356,8 @@ async fn path_page(State(state): State<AppState>, PageUser(user): PageUser, Path
         graph::svg(&path.tickets)
     );
     for ticket in &path.tickets {
-        let prerequisites: Vec<String> = ticket.prerequisites.iter().map(|p| format!("<a href=\"/ticket/{p}\">#{p}</a>")).collect();
+        let prerequisites: Vec<String> =
+            ticket.prerequisites.iter().map(|p| format!("<a href=\"/ticket/{p}\">#{p}</a>")).collect();
         html.push_str(&format!(
             "<tr><td><a href=\"/ticket/{0}\">#{0}</a></td><td><a href=\"/ticket/{0}\">{1}</a><br><span class=\"hint\">{2}</span></td><td>{3}</td><td>{4}</td><td>{5}</td></tr>",
             ticket.id,
@@ -287,10 +372,16 @@ async fn path_page(State(state): State<AppState>, PageUser(user): PageUser, Path
     Ok(layout(&path.goal, Some(&user), &html).into_response())
 }
 
-async fn render_ticket(state: &AppState, user: &Principal, id: i64, message: Option<&str>) -> Result<Html<String>, PageError> {
+async fn render_ticket(
+    state: &AppState,
+    user: &Principal,
+    id: i64,
+    message: Option<&str>,
+) -> Result<Html<String>, PageError> {
     let ticket = service::visible_ticket(state, user, id).await?;
     let answers = state.store.answers(ticket.id).await?;
-    let prerequisites: Vec<String> = ticket.prerequisites.iter().map(|p| format!("<a href=\"/ticket/{p}\">#{p}</a>")).collect();
+    let prerequisites: Vec<String> =
+        ticket.prerequisites.iter().map(|p| format!("<a href=\"/ticket/{p}\">#{p}</a>")).collect();
     let mut html = format!(
         "<h1>#{} {}</h1><p>{} · milestone {} · difficulty {}/5 · prerequisites: {} · <a href=\"/paths/{}\">path</a></p>\
          <h2>Question</h2><p class=\"question\">{}</p>",
@@ -314,7 +405,10 @@ async fn render_ticket(state: &AppState, user: &Principal, id: i64, message: Opt
         ));
     }
     if user.is_staff() {
-        html.push_str(&format!("<h2>Expected answer</h2><p class=\"expected\">{}</p>", escape(&ticket.expected_answer)));
+        html.push_str(&format!(
+            "<h2>Expected answer</h2><p class=\"expected\">{}</p>",
+            escape(&ticket.expected_answer)
+        ));
     }
     if let Some(message) = message {
         html.push_str(&format!("<p class=\"error\" role=\"alert\">{}</p>", escape(message)));
@@ -362,7 +456,12 @@ struct AnswerForm {
     answer: String,
 }
 
-async fn answer_ticket(State(state): State<AppState>, PageUser(user): PageUser, Path(id): Path<String>, PageForm(form): PageForm<AnswerForm>) -> PageResult {
+async fn answer_ticket(
+    State(state): State<AppState>,
+    PageUser(user): PageUser,
+    Path(id): Path<String>,
+    PageForm(form): PageForm<AnswerForm>,
+) -> PageResult {
     let id = parse_id(&id, "ticket")?;
     match service::answer(&state, &user, id, &form.answer).await {
         Ok(_) => Ok(Redirect::to(&format!("/ticket/{id}")).into_response()),
@@ -387,7 +486,8 @@ async fn roadmap(State(state): State<AppState>, PageUser(user): PageUser) -> Pag
         html.push_str("<th>Progress</th></tr>");
         for path in &paths {
             let percent = if path.total > 0 { path.mastered * 100 / path.total } else { 0 };
-            let learner = if user.is_staff() { format!("<td>{}</td>", escape(&path.owner_email)) } else { String::new() };
+            let learner =
+                if user.is_staff() { format!("<td>{}</td>", escape(&path.owner_email)) } else { String::new() };
             html.push_str(&format!(
                 "<tr><td><a href=\"/paths/{}\">{}</a></td><td>{}</td>{learner}<td><div class=\"bar\"><span style=\"width:{percent}%\"></span></div>\
                  {} of {} mastered, {} studying</td></tr>",
@@ -409,7 +509,11 @@ struct LibraryQuery {
     added: Option<i64>,
 }
 
-async fn library(State(state): State<AppState>, PageUser(user): PageUser, Query(query): Query<LibraryQuery>) -> PageResult {
+async fn library(
+    State(state): State<AppState>,
+    PageUser(user): PageUser,
+    Query(query): Query<LibraryQuery>,
+) -> PageResult {
     let books = state.store.list_books().await?;
     let mut html = String::from("<h1>Library</h1>");
     if let Some(added) = query.added.and_then(|id| books.iter().find(|b| b.id == id)) {

@@ -52,11 +52,7 @@ pub fn check_policy(password: &str) -> Result<(), String> {
     if !password.chars().any(|c| !c.is_alphanumeric() && !c.is_whitespace()) {
         missing.push("a symbol".to_string());
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("the password needs {}", missing.join(", ")))
-    }
+    if missing.is_empty() { Ok(()) } else { Err(format!("the password needs {}", missing.join(", "))) }
 }
 
 /// Generates a one-time password that meets the policy.

@@ -17,11 +17,19 @@ pub const MAX_PASSAGES: usize = 20;
 /// Default and maximum number of concepts in a new path.
 pub const DEFAULT_CONCEPTS: usize = 8;
 pub const MAX_CONCEPTS: usize = 20;
+/// A path keeps passages that contain at least this share of the goal's
+/// information (its terms weighted by rarity) relative to the passage that
+/// contains the most, so that a section sharing only a common word with the
+/// goal is left out while a broad goal still finds many sections.
+const RELATIVE_COVERAGE: f32 = 0.6;
+/// A path keeps passages whose relevance is at least this share of the best one's.
+const RELATIVE_RELEVANCE: f32 = 0.5;
 /// Maximum length of a goal or search query, in characters.
 const MAX_GOAL_CHARS: usize = 500;
 
 /// Builds the in-memory search index from every stored chunk.
 pub async fn load_index(store: &Store) -> anyhow::Result<Index> {
+    let contexts = section_contexts(&store.section_outline().await?);
     let chunks = store.all_chunks().await?;
     let mut index = Index::new();
     for chunk in chunks {
@@ -36,6 +44,7 @@ pub async fn load_index(store: &Store) -> anyhow::Result<Index> {
                 section_id: chunk.section_id,
                 book_title: chunk.book_title,
                 heading: chunk.heading,
+                context: contexts.get(&chunk.section_id).cloned().unwrap_or_default(),
                 text: chunk.body,
             },
             embedding,
@@ -45,12 +54,34 @@ pub async fn load_index(store: &Store) -> anyhow::Result<Index> {
     Ok(index)
 }
 
+/// Maps each section id to the headings that enclose it, from the outline
+/// in book order.
+fn section_contexts(outline: &[(i64, i64, i64, String)]) -> std::collections::HashMap<i64, String> {
+    let mut contexts = std::collections::HashMap::new();
+    for book in outline.chunk_by(|a, b| a.1 == b.1) {
+        let levels: Vec<u8> = book.iter().map(|s| s.2.clamp(1, 9) as u8).collect();
+        for (i, section) in book.iter().enumerate() {
+            let chain = learntrac_core::book::ancestors(&levels, i);
+            let context = chain.iter().map(|&j| book[j].3.as_str()).collect::<Vec<_>>().join(" > ");
+            contexts.insert(section.0, context);
+        }
+    }
+    contexts
+}
+
 /// Parses, chunks, embeds and stores a book, then adds it to the index.
-pub async fn ingest_book(state: &AppState, bytes: Vec<u8>, file_name: &str, created_by: Option<i64>) -> ApiResult<BookRecord> {
+pub async fn ingest_book(
+    state: &AppState,
+    bytes: Vec<u8>,
+    file_name: &str,
+    created_by: Option<i64>,
+) -> ApiResult<BookRecord> {
     let format = Format::from_file_name(file_name).ok_or_else(|| {
         ApiError::bad_request(
             "unsupported_format",
-            format!("cannot tell the format of {file_name:?}; name the file .pdf, .html, .htm, .xhtml, .md or .markdown"),
+            format!(
+                "cannot tell the format of {file_name:?}; name the file .pdf, .html, .htm, .xhtml, .md or .markdown"
+            ),
         )
     })?;
     let content_hash = crate::sha256_hex_bytes(&bytes);
@@ -85,14 +116,18 @@ pub async fn delete_book(state: &AppState, id: i64) -> ApiResult<()> {
     Ok(())
 }
 
-fn parse_and_embed(bytes: &[u8], format: Format, fallback_title: &str) -> Result<(Book, Vec<NewChunk>), ingest::IngestError> {
+fn parse_and_embed(
+    bytes: &[u8],
+    format: Format,
+    fallback_title: &str,
+) -> Result<(Book, Vec<NewChunk>), ingest::IngestError> {
     let book = ingest::parse(bytes, format, fallback_title)?;
     let chunks = book
         .chunks()
         .into_iter()
         .map(|chunk| {
             let heading = &book.sections[chunk.section].heading;
-            let vector = embed::embed(&embedding_text(heading, &chunk.text));
+            let vector = embed::embed(&embedding_text(&book.context(chunk.section), heading, &chunk.text));
             NewChunk { section: chunk.section, body: chunk.text, embedding: embed::to_bytes(&vector) }
         })
         .collect();
@@ -106,7 +141,10 @@ pub fn validate_goal(goal: &str) -> ApiResult<&str> {
         return Err(ApiError::bad_request("invalid_query", "the query is empty; describe what you want to learn"));
     }
     if goal.chars().count() > MAX_GOAL_CHARS {
-        return Err(ApiError::bad_request("invalid_query", format!("the query is longer than {MAX_GOAL_CHARS} characters; shorten it")));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("the query is longer than {MAX_GOAL_CHARS} characters; shorten it"),
+        ));
     }
     if learntrac_core::text::terms(goal).is_empty() {
         return Err(ApiError::bad_request("invalid_query", "the query has no searchable words; name the topic"));
@@ -123,10 +161,18 @@ pub fn search(state: &AppState, query: &str, limit: usize) -> ApiResult<Vec<Hit>
 
 /// Creates a path for `owner` from the passages found for `goal`: one
 /// ticket per section found, at most `max_concepts`.
-pub async fn create_path(state: &AppState, owner: &Principal, goal: &str, max_concepts: usize) -> ApiResult<PathRecord> {
+pub async fn create_path(
+    state: &AppState,
+    owner: &Principal,
+    goal: &str,
+    max_concepts: usize,
+) -> ApiResult<PathRecord> {
     let goal = validate_goal(goal)?;
     if !(1..=MAX_CONCEPTS).contains(&max_concepts) {
-        return Err(ApiError::bad_request("invalid_max_concepts", format!("max_concepts must be from 1 to {MAX_CONCEPTS}")));
+        return Err(ApiError::bad_request(
+            "invalid_max_concepts",
+            format!("max_concepts must be from 1 to {MAX_CONCEPTS}"),
+        ));
     }
     let hits = search(state, goal, MAX_PASSAGES)?;
     if hits.is_empty() {
@@ -136,11 +182,18 @@ pub async fn create_path(state: &AppState, owner: &Principal, goal: &str, max_co
         ));
     }
 
+    // Sections far below the best match are usually about something else
+    // that shares a word with the goal.
+    let floor = hits[0].relevance * RELATIVE_RELEVANCE;
+    let coverage_floor = hits.iter().map(|h| h.coverage).fold(0.0, f32::max) * RELATIVE_COVERAGE;
     let mut section_ids: Vec<i64> = Vec::new();
-    for hit in &hits {
+    for hit in hits.iter().filter(|h| h.relevance >= floor && h.coverage >= coverage_floor) {
         if !section_ids.contains(&hit.passage.section_id) && section_ids.len() < max_concepts {
             section_ids.push(hit.passage.section_id);
         }
+    }
+    if section_ids.is_empty() {
+        section_ids.push(hits[0].passage.section_id);
     }
     let mut sections = Vec::with_capacity(section_ids.len());
     for id in section_ids {
@@ -201,7 +254,12 @@ pub async fn visible_ticket(state: &AppState, user: &Principal, id: i64) -> ApiR
 /// Grades and stores an answer by the ticket's owner.
 /// Returns the stored answer, whether this answer reached mastery, and the
 /// ticket's status after it.
-pub async fn answer(state: &AppState, user: &Principal, ticket_id: i64, body: &str) -> ApiResult<(Answer, bool, TicketStatus)> {
+pub async fn answer(
+    state: &AppState,
+    user: &Principal,
+    ticket_id: i64,
+    body: &str,
+) -> ApiResult<(Answer, bool, TicketStatus)> {
     let ticket = visible_ticket(state, user, ticket_id).await?;
     if ticket.owner_id != user.user_id {
         return Err(ApiError::Forbidden("only the learner who owns this ticket can answer it".into()));

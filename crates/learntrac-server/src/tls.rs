@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
@@ -25,7 +27,12 @@ pub fn generated_files(data_dir: &Path) -> GeneratedFiles {
 /// Builds the rustls configuration from `cert` and `key` (PEM), or from
 /// the generated files, creating them if they do not exist. Only TLS 1.2
 /// and 1.3 are offered; rustls implements nothing older.
-pub fn server_config(data_dir: &Path, cert: Option<&Path>, key: Option<&Path>, hostnames: &[String]) -> Result<ServerConfig> {
+pub fn server_config(
+    data_dir: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    hostnames: &[String],
+) -> Result<ServerConfig> {
     let (cert_path, key_path) = match (cert, key) {
         (Some(cert), Some(key)) => (cert.to_path_buf(), key.to_path_buf()),
         (None, None) => {

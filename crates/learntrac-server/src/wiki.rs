@@ -138,7 +138,10 @@ fn link(inner: &str) -> Option<String> {
             return None;
         }
         format!("/wiki/{page}")
-    } else if target.starts_with("https://") || target.starts_with("http://") || (target.starts_with('/') && !target.starts_with("//")) {
+    } else if target.starts_with("https://")
+        || target.starts_with("http://")
+        || (target.starts_with('/') && !target.starts_with("//"))
+    {
         target.to_string()
     } else {
         return None;

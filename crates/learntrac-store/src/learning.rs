@@ -1,6 +1,6 @@
 use sqlx::Row;
 
-use crate::{sql, Result, Store, StoreError};
+use crate::{Result, Store, StoreError, sql};
 
 /// The ticket workflow: new -> studying -> mastered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -157,15 +157,14 @@ impl Store {
         now: i64,
     ) -> Result<PathRecord> {
         let mut tx = self.pool.begin().await?;
-        let milestone_id: i64 = sqlx::query(
-            "INSERT INTO milestones (name, description, created_at) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(subject)
-        .bind(goal)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("id")?;
+        let milestone_id: i64 =
+            sqlx::query("INSERT INTO milestones (name, description, created_at) VALUES ($1, $2, $3) RETURNING id")
+                .bind(subject)
+                .bind(goal)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("id")?;
         let path_id: i64 = sqlx::query(
             "INSERT INTO paths (owner_id, goal, milestone_id, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -212,9 +211,7 @@ impl Store {
         }
         tx.commit().await?;
 
-        self.path(path_id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("path {path_id} vanished after insert")))
+        self.path(path_id).await?.ok_or_else(|| StoreError::Corrupt(format!("path {path_id} vanished after insert")))
     }
 
     /// Loads a path with its tickets in order.
@@ -292,18 +289,18 @@ impl Store {
 
     /// Loads one ticket with its prerequisites.
     pub async fn ticket(&self, id: i64) -> Result<Option<Ticket>> {
-        let Some(row) = sqlx::query(sql(format!("{TICKET_SELECT} WHERE t.id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
+        let Some(row) =
+            sqlx::query(sql(format!("{TICKET_SELECT} WHERE t.id = $1"))).bind(id).fetch_optional(&self.pool).await?
         else {
             return Ok(None);
         };
         let mut ticket = ticket_from_row(&row)?;
-        let links = sqlx::query("SELECT prerequisite_id FROM ticket_prerequisites WHERE ticket_id = $1 ORDER BY prerequisite_id")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
+        let links = sqlx::query(
+            "SELECT prerequisite_id FROM ticket_prerequisites WHERE ticket_id = $1 ORDER BY prerequisite_id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
         for link in &links {
             ticket.prerequisites.push(link.try_get("prerequisite_id")?);
         }
@@ -407,7 +404,9 @@ mod tests {
 
         let ticket = path.tickets[1].id;
         let suggestions = vec!["Reread it.".to_string()];
-        for (score, status) in [(0.3, TicketStatus::Studying), (0.9, TicketStatus::Mastered), (0.1, TicketStatus::Studying)] {
+        for (score, status) in
+            [(0.3, TicketStatus::Studying), (0.9, TicketStatus::Mastered), (0.1, TicketStatus::Studying)]
+        {
             store
                 .record_answer(&NewAnswer {
                     ticket_id: ticket,

@@ -15,8 +15,8 @@ pub use wiki::WikiPage;
 
 use std::str::FromStr;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 
 /// Which database server a URL points at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,8 +80,11 @@ impl Store {
             Backend::Sqlite => {
                 // One writer at a time: SQLite serialises writes anyway, and a
                 // small pool avoids "database is locked" under load.
+                // A local file cannot go stale, so connections are not
+                // tested with an extra query before each use.
                 AnyPoolOptions::new()
                     .max_connections(4)
+                    .test_before_acquire(false)
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
                             sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;

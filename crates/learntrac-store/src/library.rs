@@ -151,10 +151,8 @@ impl Store {
     }
 
     pub async fn section(&self, id: i64) -> Result<Option<SectionRecord>> {
-        let row = sqlx::query(sql(format!("{SECTION_SELECT} WHERE s.id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query(sql(format!("{SECTION_SELECT} WHERE s.id = $1"))).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(section_from_row).transpose()
     }
 
@@ -165,10 +163,12 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // SQLite enforces ON DELETE only with the foreign_keys pragma, so the
         // dependent rows are removed explicitly on both databases.
-        sqlx::query("UPDATE tickets SET section_id = NULL WHERE section_id IN (SELECT id FROM sections WHERE book_id = $1)")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE tickets SET section_id = NULL WHERE section_id IN (SELECT id FROM sections WHERE book_id = $1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM chunks WHERE book_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM sections WHERE book_id = $1").bind(id).execute(&mut *tx).await?;
         let deleted = sqlx::query("DELETE FROM books WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
@@ -179,8 +179,20 @@ impl Store {
     /// Returns the number of chunks and the highest chunk id, which change
     /// whenever a book is added or removed.
     pub async fn chunk_watermark(&self) -> Result<(i64, i64)> {
-        let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS top FROM chunks").fetch_one(&self.pool).await?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS top FROM chunks").fetch_one(&self.pool).await?;
         Ok((row.try_get("n")?, row.try_get("top")?))
+    }
+
+    /// Returns every section's id, book, level and heading in book order,
+    /// for working out which chapter encloses which section.
+    pub async fn section_outline(&self) -> Result<Vec<(i64, i64, i64, String)>> {
+        let rows = sqlx::query("SELECT id, book_id, level, heading FROM sections ORDER BY book_id, position")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("book_id")?, r.try_get("level")?, r.try_get("heading")?)))
+            .collect()
     }
 
     /// Loads every chunk, for building the in-memory search index.

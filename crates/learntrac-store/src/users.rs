@@ -2,7 +2,7 @@ use std::fmt;
 
 use sqlx::Row;
 
-use crate::{sql, Result, Store, StoreError, conflict_or};
+use crate::{Result, Store, StoreError, conflict_or, sql};
 
 /// The groups that grant rights. A user may belong to several.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -76,11 +76,7 @@ fn encode_groups(groups: &[Group]) -> String {
 }
 
 fn decode_groups(value: &str) -> Result<Vec<Group>> {
-    value
-        .split(',')
-        .filter(|g| !g.is_empty())
-        .map(|g| g.parse().map_err(StoreError::Corrupt))
-        .collect()
+    value.split(',').filter(|g| !g.is_empty()).map(|g| g.parse().map_err(StoreError::Corrupt)).collect()
 }
 
 fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
@@ -97,7 +93,8 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
     })
 }
 
-const USER_COLUMNS: &str = "id, email, name, password_hash, groups, must_change_password, disabled, created_at, token_version";
+const USER_COLUMNS: &str =
+    "id, email, name, password_hash, groups, must_change_password, disabled, created_at, token_version";
 
 impl Store {
     /// Creates a user; the email must be unique (compared in lower case).
@@ -161,10 +158,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?
         .try_get("token_version")?;
-        sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(version)
     }

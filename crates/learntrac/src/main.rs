@@ -104,13 +104,20 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEARNTRAC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    tracing_subscriber::fmt().json().with_current_span(false).with_env_filter(filter).with_writer(std::io::stdout).init();
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .init();
 }
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::User(UserCommand::Add { data, email, name, groups, password_stdin: _ }) => add_user(data, &email, name, &groups).await,
+        Command::User(UserCommand::Add { data, email, name, groups, password_stdin: _ }) => {
+            add_user(data, &email, name, &groups).await
+        }
         Command::Ingest { data, file } => ingest(data, &file).await,
     }
 }
@@ -171,7 +178,8 @@ async fn shutdown_signal() {
 async fn add_user(data: DataArgs, email: &str, name: Option<String>, groups: &[String]) -> Result<()> {
     let email = email.trim().to_lowercase();
     learntrac_server::validate_email(&email).map_err(anyhow::Error::msg)?;
-    let groups: Vec<Group> = groups.iter().map(|g| g.parse::<Group>().map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
+    let groups: Vec<Group> =
+        groups.iter().map(|g| g.parse::<Group>().map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
 
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
@@ -184,7 +192,12 @@ async fn add_user(data: DataArgs, email: &str, name: Option<String>, groups: &[S
     let hash = password::hash(secret)?;
     let name = name.unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_string());
     let user = store.create_user(&email, &name, &hash, &groups, false, learntrac_server::unix_now()).await?;
-    println!("created user {} ({}) in {}", user.email, user.id, groups.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", "));
+    println!(
+        "created user {} ({}) in {}",
+        user.email,
+        user.id,
+        groups.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ")
+    );
     Ok(())
 }
 
@@ -193,11 +206,15 @@ async fn ingest(data: DataArgs, file: &std::path::Path) -> Result<()> {
     let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let config = settings::resolve(&data)?;
     let state = AppState::open(config).await?;
-    let record = learntrac_server::service::ingest_book(&state, bytes, &name, None).await.map_err(|error| match error {
-        // On the command line the whole cause is shown; there is no request id.
-        learntrac_server::error::ApiError::Internal(inner) => inner,
-        other => anyhow::anyhow!("{other}"),
-    })?;
-    println!("ingested {:?} as book {}: {} sections, {} passages", record.title, record.id, record.sections, record.chunks);
+    let record =
+        learntrac_server::service::ingest_book(&state, bytes, &name, None).await.map_err(|error| match error {
+            // On the command line the whole cause is shown; there is no request id.
+            learntrac_server::error::ApiError::Internal(inner) => inner,
+            other => anyhow::anyhow!("{other}"),
+        })?;
+    println!(
+        "ingested {:?} as book {}: {} sections, {} passages",
+        record.title, record.id, record.sections, record.chunks
+    );
     Ok(())
 }

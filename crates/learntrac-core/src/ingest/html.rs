@@ -8,11 +8,14 @@ use crate::book::{Book, Format, Section};
 use crate::text::collapse_whitespace;
 
 /// Elements whose content is never book text.
-const SKIPPED_TAGS: &[&str] = &["script", "style", "nav", "header", "footer", "noscript", "template", "form", "button", "svg"];
+const SKIPPED_TAGS: &[&str] =
+    &["script", "style", "nav", "header", "footer", "noscript", "template", "form", "button", "svg"];
 /// Classes of navigation boxes common in generated documentation (Sphinx, Javadoc).
-const SKIPPED_CLASSES: &[&str] = &["headerlink", "related", "sphinxsidebar", "footer", "navigation", "toc-backref", "toctree-wrapper"];
+const SKIPPED_CLASSES: &[&str] =
+    &["headerlink", "related", "sphinxsidebar", "footer", "navigation", "toc-backref", "toctree-wrapper"];
 /// Elements after which a paragraph ends.
-const BLOCK_TAGS: &[&str] = &["p", "div", "pre", "li", "dt", "dd", "blockquote", "table", "tr", "section", "ul", "ol", "dl", "br"];
+const BLOCK_TAGS: &[&str] =
+    &["p", "div", "pre", "li", "dt", "dd", "blockquote", "table", "tr", "section", "ul", "ol", "dl", "br"];
 
 pub fn parse(bytes: &[u8]) -> Result<Book, IngestError> {
     let source = String::from_utf8_lossy(bytes);
@@ -72,11 +75,12 @@ impl Walker {
                         continue;
                     }
                     if let Some(level) = heading_level(name) {
-                        let heading = child_element
-                            .text()
-                            .collect::<String>()
-                            .replace('¶', "");
-                        self.sections.push(Section { level, heading: collapse_whitespace(&heading), text: String::new() });
+                        let heading = child_element.text().collect::<String>().replace('¶', "");
+                        self.sections.push(Section {
+                            level,
+                            heading: collapse_whitespace(&heading),
+                            text: String::new(),
+                        });
                         continue;
                     }
                     if let Some(current) = self.sections.last_mut() {
@@ -111,11 +115,7 @@ fn heading_level(name: &str) -> Option<u8> {
 
 /// Collapses white space inside paragraphs and keeps one blank line between them.
 pub(crate) fn tidy_paragraphs(text: &str) -> String {
-    text.split("\n\n")
-        .map(collapse_whitespace)
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n\n")
+    text.split("\n\n").map(collapse_whitespace).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("\n\n")
 }
 
 #[cfg(test)]

@@ -181,10 +181,7 @@ fn split_at_headings(lines: &[Line], headings: &[Heading], from_outline: bool) -
     let mut found_at: Vec<usize> = Vec::new();
     let mut cursor = 0;
     for (h, heading) in headings.iter().enumerate() {
-        let first_on_page = lines[cursor..]
-            .iter()
-            .position(|l| l.page >= heading.page)
-            .map(|p| p + cursor);
+        let first_on_page = lines[cursor..].iter().position(|l| l.page >= heading.page).map(|p| p + cursor);
         let Some(first_on_page) = first_on_page else {
             continue;
         };

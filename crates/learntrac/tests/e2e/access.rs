@@ -8,7 +8,8 @@ use crate::harness::{PASSWORD, Server};
 async fn plain_http_redirects_to_https() {
     let server = Server::start().await;
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    let response = client.get(format!("http://127.0.0.1:{}/wiki/WikiStart?x=1", server.http_port)).send().await.expect("http");
+    let response =
+        client.get(format!("http://127.0.0.1:{}/wiki/WikiStart?x=1", server.http_port)).send().await.expect("http");
     assert_eq!(response.status(), 308);
     assert_eq!(response.headers()["location"], format!("{}/wiki/WikiStart?x=1", server.base).as_str());
     let response = client
@@ -18,7 +19,8 @@ async fn plain_http_redirects_to_https() {
         .await
         .expect("http");
     assert_eq!(response.headers()["location"], format!("{}/x", server.base).as_str(), "the Host header is not trusted");
-    let response = client.post(format!("http://127.0.0.1:{}/oauth2/token", server.http_port)).send().await.expect("http");
+    let response =
+        client.post(format!("http://127.0.0.1:{}/oauth2/token", server.http_port)).send().await.expect("http");
     assert_eq!(response.status(), 308, "nothing is served over plain HTTP");
 }
 
@@ -65,12 +67,21 @@ async fn api_without_valid_token_is_401() {
 #[tokio::test]
 async fn keys_and_discovery_are_published() {
     let server = Server::start().await;
-    let jwks: Value = server.client.get(server.url("/.well-known/jwks.json")).send().await.expect("jwks").json().await.expect("json");
+    let jwks: Value =
+        server.client.get(server.url("/.well-known/jwks.json")).send().await.expect("jwks").json().await.expect("json");
     let key = &jwks["keys"][0];
     assert_eq!(key["kty"], "RSA");
     assert_eq!(key["alg"], "RS256");
     assert!(key["n"].as_str().is_some_and(|n| n.len() > 300), "2048-bit modulus");
-    let discovery: Value = server.client.get(server.url("/.well-known/openid-configuration")).send().await.expect("discovery").json().await.expect("json");
+    let discovery: Value = server
+        .client
+        .get(server.url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .expect("discovery")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(discovery["issuer"], server.base.as_str());
     assert_eq!(discovery["jwks_uri"], format!("{}/.well-known/jwks.json", server.base).as_str());
 }
@@ -117,7 +128,13 @@ async fn pages_redirect_to_sign_in() {
         let location = response.headers()["location"].to_str().expect("ascii");
         assert!(location.starts_with("/login?next="), "{path} -> {location}");
     }
-    let response = server.client.get(server.url("/wiki/WikiStart")).header("cookie", "lt_session=forged").send().await.expect("page");
+    let response = server
+        .client
+        .get(server.url("/wiki/WikiStart"))
+        .header("cookie", "lt_session=forged")
+        .send()
+        .await
+        .expect("page");
     assert_eq!(response.status(), 303, "an invalid session cookie is not a session");
 
     let cookie = server.sign_in("learner@example.org", PASSWORD).await;
@@ -133,7 +150,10 @@ async fn pages_redirect_to_sign_in() {
     // Form posts from another origin are rejected over HTTP/2 and HTTP/1.1,
     // on the trac pages and on the identity provider's forms.
     let http1 = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(server.data_dir.join("tls/ca.pem")).expect("ca")).expect("ca"))
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(server.data_dir.join("tls/ca.pem")).expect("ca"))
+                .expect("ca"),
+        )
         .resolve("localhost", ([127, 0, 0, 1], server.https_port).into())
         .redirect(reqwest::redirect::Policy::none())
         .http1_only()
@@ -146,7 +166,14 @@ async fn pages_redirect_to_sign_in() {
             ("/logout", vec![]),
         ] {
             for origin in ["https://evil.example", "null", &format!("http://localhost:{}", server.https_port)] {
-                let response = client.post(server.url(path)).header("cookie", &cookie).header("origin", origin).form(&form).send().await.expect("post");
+                let response = client
+                    .post(server.url(path))
+                    .header("cookie", &cookie)
+                    .header("origin", origin)
+                    .form(&form)
+                    .send()
+                    .await
+                    .expect("post");
                 assert_eq!(response.status(), 403, "{path} from {origin}");
             }
         }
@@ -231,7 +258,11 @@ async fn first_administrator_must_change_password() {
         .expect("change");
     assert_eq!(changed.status(), 303);
     assert_eq!(server.token_response("admin@localhost", "New-Admin-Pass-9").await.status(), 200);
-    assert_eq!(server.token_response("admin@localhost", &one_time).await.status(), 400, "the one-time password is gone");
+    assert_eq!(
+        server.token_response("admin@localhost", &one_time).await.status(),
+        400,
+        "the one-time password is gone"
+    );
 }
 
 #[tokio::test]
@@ -245,7 +276,8 @@ async fn password_change_and_sign_out_end_sessions() {
     let session = server.sign_in("learner@example.org", PASSWORD).await;
 
     // Signing out revokes that session, not only the browser's cookie.
-    let response = server.client.post(server.url("/logout")).header("cookie", &old_session).send().await.expect("sign out");
+    let response =
+        server.client.post(server.url("/logout")).header("cookie", &old_session).send().await.expect("sign out");
     assert_eq!(response.status(), 303);
     let page = server.client.get(server.url("/roadmap")).header("cookie", &old_session).send().await.expect("page");
     assert_eq!(page.status(), 303, "a copy of a signed-out cookie is refused");

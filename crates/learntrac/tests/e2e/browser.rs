@@ -41,7 +41,9 @@ impl Browser {
                 std::env::var("LEARNTRAC_REQUIRE_BROWSER").as_deref() != Ok("1"),
                 "LEARNTRAC_REQUIRE_BROWSER=1 but {CHROMEDRIVER} or {CHROMIUM} is missing; apt-get install chromium chromium-driver"
             );
-            eprintln!("skipped: the browser test needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)");
+            eprintln!(
+                "skipped: the browser test needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+            );
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
@@ -70,8 +72,17 @@ impl Browser {
                          format!("--user-data-dir={}", profile.0.display())]
             }
         }}});
-        let created: Value = http.post(format!("{base}/session")).json(&capabilities).send().await.expect("new session").json().await.expect("json");
-        let session = created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_string();
+        let created: Value = http
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .expect("new session")
+            .json()
+            .await
+            .expect("json");
+        let session =
+            created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_string();
         Some(Browser { driver, base, session, http, _profile: profile })
     }
 
@@ -93,11 +104,18 @@ impl Browser {
     async fn find(&self, css: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let found = self.command(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+            let found = self
+                .command(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css})))
+                .await;
             if let Some(id) = found[ELEMENT_KEY].as_str() {
                 return id.to_string();
             }
-            assert!(Instant::now() < deadline, "no element {css} on {} ({found}):\n{}", self.url().await, self.source().await);
+            assert!(
+                Instant::now() < deadline,
+                "no element {css} on {} ({found}):\n{}",
+                self.url().await,
+                self.source().await
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

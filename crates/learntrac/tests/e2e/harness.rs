@@ -93,7 +93,8 @@ impl Server {
     }
 
     pub fn add_user(&self, email: &str, group: &str) {
-        let output = self.cli(&["user", "add", "--email", email, "--group", group, "--password-stdin"], &format!("{PASSWORD}\n"));
+        let output = self
+            .cli(&["user", "add", "--email", email, "--group", group, "--password-stdin"], &format!("{PASSWORD}\n"));
         assert!(output.status.success(), "user add failed: {}", String::from_utf8_lossy(&output.stderr));
     }
 
@@ -122,7 +123,11 @@ impl Server {
                 if let Ok(event) = serde_json::from_str::<Value>(&line) {
                     if event["fields"]["message"] == "gateway listening" {
                         let port = |key: &str| {
-                            event["fields"][key].as_str().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap_or(0)
+                            event["fields"][key]
+                                .as_str()
+                                .and_then(|a| a.rsplit(':').next())
+                                .and_then(|p| p.parse().ok())
+                                .unwrap_or(0)
                         };
                         let _ = sender.send((port("https"), port("http")));
                     }
@@ -171,7 +176,12 @@ impl Server {
     pub async fn token_response(&self, email: &str, password: &str) -> reqwest::Response {
         self.client
             .post(self.url("/oauth2/token"))
-            .form(&[("grant_type", "password"), ("client_id", "learntrac-cli"), ("username", email), ("password", password)])
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", "learntrac-cli"),
+                ("username", email),
+                ("password", password),
+            ])
             .send()
             .await
             .expect("token request")
@@ -244,7 +254,10 @@ impl PostgresDatabase {
         use sqlx::Connection;
         let name = format!("lt_test_{}_{}", std::process::id(), unique());
         let mut connection = sqlx::PgConnection::connect(admin_url).await.expect("connect to LEARNTRAC_DATABASE_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut connection).await.expect("create database");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut connection)
+            .await
+            .expect("create database");
         let (prefix, _) = admin_url.rsplit_once('/').expect("database URL has a path");
         let (_, query) = admin_url.split_once('?').map_or(("", ""), |(a, q)| (a, q));
         let url = if query.is_empty() { format!("{prefix}/{name}") } else { format!("{prefix}/{name}?{query}") };
@@ -259,9 +272,10 @@ impl PostgresDatabase {
             runtime.block_on(async {
                 use sqlx::Connection;
                 if let Ok(mut connection) = sqlx::PgConnection::connect(&self.admin_url).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-                        .execute(&mut connection)
-                        .await;
+                    let _ =
+                        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                            .execute(&mut connection)
+                            .await;
                 }
             });
         });

@@ -32,9 +32,18 @@ async fn invalid_requests_are_explained() {
     let (_, current) = server.get_json(&token, &format!("/api/v1/tickets/{ticket}")).await;
     assert_eq!(current["status"], "new");
 
-    let response = server.client.post(server.url(&answers)).bearer_auth(&token).body("{\"answer\": ").header("content-type", "application/json").send().await.expect("post");
+    let response = server
+        .client
+        .post(server.url(&answers))
+        .bearer_auth(&token)
+        .body("{\"answer\": ")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .expect("post");
     assert_eq!(response.status(), 400);
-    let response = server.client.post(server.url(&answers)).bearer_auth(&token).body("answer=x").send().await.expect("post");
+    let response =
+        server.client.post(server.url(&answers)).bearer_auth(&token).body("answer=x").send().await.expect("post");
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.expect("json");
     assert!(error["message"].as_str().expect("message").contains("application/json"), "{error}");
@@ -77,7 +86,13 @@ async fn invalid_requests_are_explained() {
     assert_eq!(status, 400);
     assert_eq!(error["error"], "invalid_limit");
 
-    let response = server.client.post(server.url("/oauth2/token")).json(&json!({"grant_type": "password"})).send().await.expect("token");
+    let response = server
+        .client
+        .post(server.url("/oauth2/token"))
+        .json(&json!({"grant_type": "password"}))
+        .send()
+        .await
+        .expect("token");
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.expect("json");
     assert_eq!(error["error"], "invalid_request");
@@ -87,10 +102,12 @@ async fn invalid_requests_are_explained() {
 #[tokio::test]
 async fn cli_rejects_weak_passwords_and_unknown_groups() {
     let server = Server::new().await;
-    let weak = server.cli(&["user", "add", "--email", "a@example.org", "--group", "students", "--password-stdin"], "short\n");
+    let weak =
+        server.cli(&["user", "add", "--email", "a@example.org", "--group", "students", "--password-stdin"], "short\n");
     assert!(!weak.status.success());
     assert!(String::from_utf8_lossy(&weak.stderr).contains("at least 8 characters"));
-    let group = server.cli(&["user", "add", "--email", "a@example.org", "--group", "wizards", "--password-stdin"], "Good-pass-1!\n");
+    let group = server
+        .cli(&["user", "add", "--email", "a@example.org", "--group", "wizards", "--password-stdin"], "Good-pass-1!\n");
     assert!(!group.status.success());
     assert!(String::from_utf8_lossy(&group.stderr).contains("wizards"));
     let missing = server.cli(&["ingest", "/nonexistent/book.pdf"], "");
@@ -100,5 +117,9 @@ async fn cli_rejects_weak_passwords_and_unknown_groups() {
     std::fs::write(&corrupt_path, b"%PDF-1.4 not really").expect("write");
     let corrupt = server.cli(&["ingest", corrupt_path.to_str().expect("utf-8")], "");
     assert!(!corrupt.status.success());
-    assert!(String::from_utf8_lossy(&corrupt.stderr).contains("broken.pdf"), "{}", String::from_utf8_lossy(&corrupt.stderr));
+    assert!(
+        String::from_utf8_lossy(&corrupt.stderr).contains("broken.pdf"),
+        "{}",
+        String::from_utf8_lossy(&corrupt.stderr)
+    );
 }

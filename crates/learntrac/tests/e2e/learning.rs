@@ -64,7 +64,9 @@ async fn learner_masters_missing_values_from_r_intro() {
     assert!(expected.contains("NA") || expected.to_lowercase().contains("missing"), "{expected}");
 
     // The expected answer masters the concept.
-    let (status, graded) = server.post_json(&learner, &format!("/api/v1/tickets/{missing_id}/answers"), &json!({"answer": expected})).await;
+    let (status, graded) = server
+        .post_json(&learner, &format!("/api/v1/tickets/{missing_id}/answers"), &json!({"answer": expected}))
+        .await;
     assert_eq!(status, 201, "{graded}");
     assert!(graded["score"].as_f64().expect("score") >= 0.9, "{graded}");
     assert_eq!(graded["mastered"], true);
@@ -73,7 +75,8 @@ async fn learner_masters_missing_values_from_r_intro() {
 
     // An unrelated answer does not.
     let unrelated = "Photosynthesis lets green plants turn sunlight, water and carbon dioxide into sugar and oxygen.";
-    let (status, graded) = server.post_json(&learner, &format!("/api/v1/tickets/{other_id}/answers"), &json!({"answer": unrelated})).await;
+    let (status, graded) =
+        server.post_json(&learner, &format!("/api/v1/tickets/{other_id}/answers"), &json!({"answer": unrelated})).await;
     assert_eq!(status, 201, "{graded}");
     assert!(graded["score"].as_f64().expect("score") <= 0.2, "{graded}");
     assert_eq!(graded["mastered"], false);
@@ -87,7 +90,13 @@ async fn learner_masters_missing_values_from_r_intro() {
     assert_eq!(attempts["answers"][0]["answer"], unrelated);
 
     // The graph shows both states, each node a link to its ticket.
-    let response = server.client.get(server.url(&format!("/api/v1/paths/{path_id}/graph.svg"))).bearer_auth(&learner).send().await.expect("graph");
+    let response = server
+        .client
+        .get(server.url(&format!("/api/v1/paths/{path_id}/graph.svg")))
+        .bearer_auth(&learner)
+        .send()
+        .await
+        .expect("graph");
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "image/svg+xml");
     let svg = response.text().await.expect("svg");
@@ -99,7 +108,13 @@ async fn learner_masters_missing_values_from_r_intro() {
 
     // The knowledge-graph page shows the same for a signed-in browser.
     let cookie = server.sign_in("learner@example.org", PASSWORD).await;
-    let page = server.client.get(server.url(&format!("/paths/{path_id}"))).header("cookie", &cookie).send().await.expect("page");
+    let page = server
+        .client
+        .get(server.url(&format!("/paths/{path_id}")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("page");
     assert_eq!(page.status(), 200);
     let html = page.text().await.expect("html");
     assert!(html.contains("data-status=\"mastered\"") && html.contains("data-status=\"studying\""));
@@ -123,7 +138,8 @@ async fn learners_see_only_their_own_paths() {
     let bob = server.token("bob@example.org").await;
     let teacher = server.token("teacher@example.org").await;
 
-    let (status, path) = server.post_json(&ann, "/api/v1/paths", &json!({"query": "factors and tapply", "max_concepts": 3})).await;
+    let (status, path) =
+        server.post_json(&ann, "/api/v1/paths", &json!({"query": "factors and tapply", "max_concepts": 3})).await;
     assert_eq!(status, 201, "{path}");
     assert!(path["tickets"].as_array().expect("tickets").len() <= 3);
     let path_id = path["path_id"].as_i64().expect("id");
@@ -133,7 +149,9 @@ async fn learners_see_only_their_own_paths() {
     assert_eq!(status, 404, "another learner's path is not found");
     let (status, _) = server.get_json(&bob, &format!("/api/v1/tickets/{ticket_id}")).await;
     assert_eq!(status, 404);
-    let (status, _) = server.post_json(&bob, &format!("/api/v1/tickets/{ticket_id}/answers"), &json!({"answer": "a factor groups values"})).await;
+    let (status, _) = server
+        .post_json(&bob, &format!("/api/v1/tickets/{ticket_id}/answers"), &json!({"answer": "a factor groups values"}))
+        .await;
     assert_eq!(status, 404);
     let (_, bobs) = server.get_json(&bob, "/api/v1/paths").await;
     assert_eq!(bobs["paths"].as_array().expect("paths").len(), 0);
@@ -142,7 +160,13 @@ async fn learners_see_only_their_own_paths() {
     assert_eq!(status, 200, "instructors see their learners' progress");
     let (_, all) = server.get_json(&teacher, "/api/v1/paths").await;
     assert_eq!(all["paths"][0]["owner_email"], "ann@example.org");
-    let (status, body) = server.post_json(&teacher, &format!("/api/v1/tickets/{ticket_id}/answers"), &json!({"answer": "a factor groups values"})).await;
+    let (status, body) = server
+        .post_json(
+            &teacher,
+            &format!("/api/v1/tickets/{ticket_id}/answers"),
+            &json!({"answer": "a factor groups values"}),
+        )
+        .await;
     assert_eq!(status, 403, "only the owner answers: {body}");
 }
 
@@ -158,16 +182,31 @@ async fn instructor_uploads_markdown_book() {
                 The mean is sensitive to outliers.\n\n## 1.2 The median\n\nThe median is the middle value of the sorted sample. \
                 Unlike the mean, the median resists outliers.\n";
 
-    let response = server.client.post(server.url("/api/v1/books?name=stats.md")).bearer_auth(&learner).body(book).send().await.expect("upload");
+    let response = server
+        .client
+        .post(server.url("/api/v1/books?name=stats.md"))
+        .bearer_auth(&learner)
+        .body(book)
+        .send()
+        .await
+        .expect("upload");
     assert_eq!(response.status(), 403, "learners cannot add books");
 
-    let response = server.client.post(server.url("/api/v1/books?name=stats.md")).bearer_auth(&teacher).body(book).send().await.expect("upload");
+    let response = server
+        .client
+        .post(server.url("/api/v1/books?name=stats.md"))
+        .bearer_auth(&teacher)
+        .body(book)
+        .send()
+        .await
+        .expect("upload");
     assert_eq!(response.status(), 201);
     let record: Value = response.json().await.expect("json");
     assert_eq!(record["title"], "Statistics basics");
     assert_eq!(record["sections"], 3);
 
-    let (status, found) = server.post_json(&learner, "/api/v1/search", &json!({"query": "median of a sorted sample"})).await;
+    let (status, found) =
+        server.post_json(&learner, "/api/v1/search", &json!({"query": "median of a sorted sample"})).await;
     assert_eq!(status, 200);
     assert_eq!(found["passages"][0]["heading"], "1.2 The median", "{found}");
 
@@ -189,29 +228,118 @@ async fn instructor_uploads_markdown_book() {
         .await
         .expect("upload form");
     assert_eq!(response.status(), 303);
-    let page = server.client.get(server.url("/library")).header("cookie", &cookie).send().await.expect("library").text().await.expect("html");
+    let page = server
+        .client
+        .get(server.url("/library"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("library")
+        .text()
+        .await
+        .expect("html");
     assert!(page.contains("Graph theory") && page.contains("Statistics basics"), "{page}");
     let (_, found) = server.post_json(&learner, "/api/v1/search", &json!({"query": "tree without cycles"})).await;
     assert_eq!(found["passages"][0]["heading"], "1.1 Trees", "{found}");
     assert!(!found["passages"][0]["text"].as_str().expect("text").contains("alert"), "scripts are not book text");
 
     // The same file twice is refused; a deleted book leaves search.
-    let response = server.client.post(server.url("/api/v1/books?name=copy.md")).bearer_auth(&teacher).body(book).send().await.expect("upload");
+    let response = server
+        .client
+        .post(server.url("/api/v1/books?name=copy.md"))
+        .bearer_auth(&teacher)
+        .body(book)
+        .send()
+        .await
+        .expect("upload");
     assert_eq!(response.status(), 409);
     let error: Value = response.json().await.expect("json");
     assert!(error["message"].as_str().expect("message").contains("same content"), "{error}");
     let book_id = record["id"].as_i64().expect("id");
-    let response = server.client.delete(server.url(&format!("/api/v1/books/{book_id}"))).bearer_auth(&learner).send().await.expect("delete");
+    let response = server
+        .client
+        .delete(server.url(&format!("/api/v1/books/{book_id}")))
+        .bearer_auth(&learner)
+        .send()
+        .await
+        .expect("delete");
     assert_eq!(response.status(), 403);
-    let response = server.client.delete(server.url(&format!("/api/v1/books/{book_id}"))).bearer_auth(&teacher).send().await.expect("delete");
+    let response = server
+        .client
+        .delete(server.url(&format!("/api/v1/books/{book_id}")))
+        .bearer_auth(&teacher)
+        .send()
+        .await
+        .expect("delete");
     assert_eq!(response.status(), 204);
     let (_, found) = server.post_json(&learner, "/api/v1/search", &json!({"query": "median of a sorted sample"})).await;
-    assert!(found["passages"].as_array().expect("passages").iter().all(|p| p["book_title"] != "Statistics basics"), "{found}");
-    let response = server.client.delete(server.url(&format!("/api/v1/books/{book_id}"))).bearer_auth(&teacher).send().await.expect("delete");
+    assert!(
+        found["passages"].as_array().expect("passages").iter().all(|p| p["book_title"] != "Statistics basics"),
+        "{found}"
+    );
+    let response = server
+        .client
+        .delete(server.url(&format!("/api/v1/books/{book_id}")))
+        .bearer_auth(&teacher)
+        .send()
+        .await
+        .expect("delete");
     assert_eq!(response.status(), 404);
 
-    let response = server.client.post(server.url("/api/v1/books?name=notes.docx")).bearer_auth(&teacher).body("x").send().await.expect("upload");
+    let response = server
+        .client
+        .post(server.url("/api/v1/books?name=notes.docx"))
+        .bearer_auth(&teacher)
+        .body("x")
+        .send()
+        .await
+        .expect("upload");
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.expect("json");
     assert!(error["message"].as_str().expect("message").contains(".md or .markdown"), "{error}");
+}
+
+#[tokio::test]
+async fn instructors_edit_wiki_pages() {
+    let server = Server::start().await;
+    server.add_user("teacher@example.org", "instructors");
+    server.add_user("learner@example.org", "students");
+    let teacher = server.sign_in("teacher@example.org", PASSWORD).await;
+    let learner = server.sign_in("learner@example.org", PASSWORD).await;
+
+    let start = server.client.get(server.url("/wiki/WikiStart")).header("cookie", &learner).send().await.expect("page");
+    assert_eq!(start.status(), 200);
+    let text = "= R course =\nStart with '''vectors'''.\n\n[[LearningPath]]\n<script>x</script>";
+    let saved = server
+        .client
+        .post(server.url("/wiki/WikiStart"))
+        .header("cookie", &teacher)
+        .form(&[("text", text)])
+        .send()
+        .await
+        .expect("save");
+    assert_eq!(saved.status(), 303);
+    let page = server.client.get(server.url("/wiki/WikiStart")).header("cookie", &learner).send().await.expect("page");
+    let html = page.text().await.expect("html");
+    assert!(html.contains("<h1>R course</h1>"), "the edit shows at once: {html}");
+    assert!(html.contains("<strong>vectors</strong>"));
+    assert!(html.contains("action=\"/paths/preview\""));
+    assert!(!html.contains("<script>x"), "wiki text is escaped");
+    assert!(!html.contains("action=edit"), "learners get no edit link");
+
+    let denied = server
+        .client
+        .post(server.url("/wiki/WikiStart"))
+        .header("cookie", &learner)
+        .form(&[("text", "defaced")])
+        .send()
+        .await
+        .expect("save");
+    assert_eq!(denied.status(), 403);
+    let missing =
+        server.client.get(server.url("/wiki/NoSuchPage")).header("cookie", &learner).send().await.expect("page");
+    assert_eq!(missing.status(), 404);
+    let invalid =
+        server.client.get(server.url("/wiki/..%2f..%2fetc")).header("cookie", &learner).send().await.expect("page");
+    assert_eq!(invalid.status(), 400);
 }
