@@ -21,7 +21,7 @@ pub const MAX_CONCEPTS: usize = 20;
 /// information (its terms weighted by rarity) relative to the passage that
 /// contains the most, so that a section sharing only a common word with the
 /// goal is left out while a broad goal still finds many sections.
-const RELATIVE_COVERAGE: f32 = 0.6;
+const RELATIVE_COVERAGE: f32 = 0.4;
 /// A path keeps passages whose relevance is at least this share of the best one's.
 const RELATIVE_RELEVANCE: f32 = 0.5;
 /// Maximum length of a goal or search query, in characters.

@@ -207,6 +207,12 @@ impl Server {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Uploads a book through the API as `name`.
+    pub async fn upload(&self, token: &str, name: &str, body: &'static str) -> reqwest::Response {
+        let url = self.url(&format!("/api/v1/books?name={name}"));
+        self.client.post(url).bearer_auth(token).body(body).send().await.expect("upload")
+    }
+
     /// Signs in through the form and returns the session cookie (`lt_session=…`).
     pub async fn sign_in(&self, email: &str, password: &str) -> String {
         let response = self

@@ -182,24 +182,10 @@ async fn instructor_uploads_markdown_book() {
                 The mean is sensitive to outliers.\n\n## 1.2 The median\n\nThe median is the middle value of the sorted sample. \
                 Unlike the mean, the median resists outliers.\n";
 
-    let response = server
-        .client
-        .post(server.url("/api/v1/books?name=stats.md"))
-        .bearer_auth(&learner)
-        .body(book)
-        .send()
-        .await
-        .expect("upload");
+    let response = server.upload(&learner, "stats.md", book).await;
     assert_eq!(response.status(), 403, "learners cannot add books");
 
-    let response = server
-        .client
-        .post(server.url("/api/v1/books?name=stats.md"))
-        .bearer_auth(&teacher)
-        .body(book)
-        .send()
-        .await
-        .expect("upload");
+    let response = server.upload(&teacher, "stats.md", book).await;
     assert_eq!(response.status(), 201);
     let record: Value = response.json().await.expect("json");
     assert_eq!(record["title"], "Statistics basics");
@@ -244,14 +230,7 @@ async fn instructor_uploads_markdown_book() {
     assert!(!found["passages"][0]["text"].as_str().expect("text").contains("alert"), "scripts are not book text");
 
     // The same file twice is refused; a deleted book leaves search.
-    let response = server
-        .client
-        .post(server.url("/api/v1/books?name=copy.md"))
-        .bearer_auth(&teacher)
-        .body(book)
-        .send()
-        .await
-        .expect("upload");
+    let response = server.upload(&teacher, "copy.md", book).await;
     assert_eq!(response.status(), 409);
     let error: Value = response.json().await.expect("json");
     assert!(error["message"].as_str().expect("message").contains("same content"), "{error}");
@@ -286,14 +265,7 @@ async fn instructor_uploads_markdown_book() {
         .expect("delete");
     assert_eq!(response.status(), 404);
 
-    let response = server
-        .client
-        .post(server.url("/api/v1/books?name=notes.docx"))
-        .bearer_auth(&teacher)
-        .body("x")
-        .send()
-        .await
-        .expect("upload");
+    let response = server.upload(&teacher, "notes.docx", "x").await;
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.expect("json");
     assert!(error["message"].as_str().expect("message").contains(".md or .markdown"), "{error}");
