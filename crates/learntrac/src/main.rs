@@ -80,6 +80,16 @@ enum UserCommand {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
+    /// Set a user's password and sign the user out everywhere.
+    SetPassword {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        email: String,
+        /// Read the new password from the first line of standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -118,6 +128,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::User(UserCommand::Add { data, email, name, groups, password_stdin: _ }) => {
             add_user(data, &email, name, &groups).await
         }
+        Command::User(UserCommand::SetPassword { data, email, password_stdin: _ }) => set_password(data, &email).await,
         Command::Ingest { data, file } => ingest(data, &file).await,
     }
 }
@@ -181,15 +192,11 @@ async fn add_user(data: DataArgs, email: &str, name: Option<String>, groups: &[S
     let groups: Vec<Group> =
         groups.iter().map(|g| g.parse::<Group>().map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
 
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
-    let secret = line.trim_end_matches(['\n', '\r']);
-    password::check_policy(secret).map_err(|problem| anyhow::anyhow!("{problem}; choose another password"))?;
-
+    let secret = read_new_password()?;
     let config = settings::resolve(&data)?;
     learntrac_server::ensure_data_dir(&config.data_dir)?;
     let store = learntrac_store::Store::open(&config.database_url).await?;
-    let hash = password::hash(secret)?;
+    let hash = password::hash(&secret)?;
     let name = name.unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_string());
     let user = store.create_user(&email, &name, &hash, &groups, false, learntrac_server::unix_now()).await?;
     println!(
@@ -198,6 +205,27 @@ async fn add_user(data: DataArgs, email: &str, name: Option<String>, groups: &[S
         user.id,
         groups.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ")
     );
+    Ok(())
+}
+
+/// Reads a password from the first line of standard input and checks the policy.
+fn read_new_password() -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+    let secret = line.trim_end_matches(['\n', '\r']).to_string();
+    password::check_policy(&secret).map_err(|problem| anyhow::anyhow!("{problem}; choose another password"))?;
+    Ok(secret)
+}
+
+async fn set_password(data: DataArgs, email: &str) -> Result<()> {
+    let secret = read_new_password()?;
+    let config = settings::resolve(&data)?;
+    let store = learntrac_store::Store::open(&config.database_url).await?;
+    let Some(user) = store.user_by_email(email).await? else {
+        anyhow::bail!("no user has the email {email:?}; `learntrac user add` creates one");
+    };
+    store.set_password(user.id, &password::hash(&secret)?).await?;
+    println!("set the password of {}; existing sessions and tokens are revoked", user.email);
     Ok(())
 }
 

@@ -308,3 +308,22 @@ async fn password_change_and_sign_out_end_sessions() {
     let (status, _) = server.get_json(fresh["access_token"].as_str().expect("access"), "/api/v1/me").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn cli_password_reset_revokes_tokens() {
+    let server = Server::start().await;
+    server.add_user("learner@example.org", "students");
+    let old = server.token("learner@example.org").await;
+
+    let reset =
+        server.cli(&["user", "set-password", "--email", "learner@example.org", "--password-stdin"], "Reset-pass-42!\n");
+    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
+    let (status, _) = server.get_json(&old, "/api/v1/me").await;
+    assert_eq!(status, 401, "a token issued before the reset is refused");
+    assert_eq!(server.token_response("learner@example.org", "Reset-pass-42!").await.status(), 200);
+
+    let unknown =
+        server.cli(&["user", "set-password", "--email", "nobody@example.org", "--password-stdin"], "Reset-pass-42!\n");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("nobody@example.org"));
+}
