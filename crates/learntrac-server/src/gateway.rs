@@ -84,6 +84,7 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     // "no-referrer" would make browsers send `Origin: null` on same-site form
     // posts, which the cross-site check must then reject.
     ("referrer-policy", "same-origin"),
+    ("permissions-policy", "camera=(), microphone=(), geolocation=(), payment=(), usb=()"),
     (
         "content-security-policy",
         "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",

@@ -141,9 +141,17 @@ async fn pages_redirect_to_sign_in() {
     let page = server.client.get(server.url("/wiki/WikiStart")).header("cookie", &cookie).send().await.expect("page");
     assert_eq!(page.status(), 200);
     let headers = page.headers().clone();
-    assert!(headers.contains_key("strict-transport-security"));
-    assert!(headers.contains_key("content-security-policy"));
-    assert!(headers.contains_key("x-request-id"));
+    for name in [
+        "strict-transport-security",
+        "content-security-policy",
+        "x-content-type-options",
+        "x-frame-options",
+        "referrer-policy",
+        "permissions-policy",
+        "x-request-id",
+    ] {
+        assert!(headers.contains_key(name), "{name} is missing");
+    }
     let html = page.text().await.expect("html");
     assert!(html.contains("action=\"/paths/preview\""), "the LearningPath macro shows the goal form");
 
