@@ -89,12 +89,14 @@ pub fn grade(answer: &str, expected: &str, key_terms: &[String], section: &str) 
 
     let feedback = if score >= MASTERY {
         "Mastered: your answer matches the text and covers its key ideas.".to_string()
-    } else if score >= 0.5 {
+    } else if score >= 0.5 && !key_terms.is_empty() {
         format!(
             "Partly right: your answer touches the topic but misses {} of the {} key ideas.",
             missing.len(),
             key_terms.len()
         )
+    } else if score >= 0.5 {
+        "Partly right: your answer touches the topic but is not yet close to what the text says.".to_string()
     } else {
         "Not yet: your answer does not match what the text says about this concept.".to_string()
     };

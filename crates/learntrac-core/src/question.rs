@@ -44,7 +44,8 @@ pub fn generate(source: &Source<'_>) -> Question {
         sentences.iter().enumerate().map(|(i, s)| (i, sentence_score(s, i, &concept_terms, &frequency))).collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
 
-    // The best sentence, plus the next best if both fit, kept in text order.
+    // The best sentence, plus the best of the next two that fits within
+    // MAX_ANSWER_CHARS, kept in text order.
     let mut chosen: Vec<usize> = Vec::new();
     let mut length = 0;
     for &(index, _) in ranked.iter().take(3) {

@@ -22,7 +22,7 @@ pub const CLI_CLIENT_ID: &str = "learntrac-cli";
 /// Name of the browser session cookie, which holds an access token.
 pub const SESSION_COOKIE: &str = "lt_session";
 /// Tolerance for clock differences when checking `exp` and `nbf`, in seconds.
-const LEEWAY: i64 = 30;
+pub const LEEWAY: i64 = 30;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

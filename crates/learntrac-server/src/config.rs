@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Everything the server needs to start, already validated.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub https_listen: SocketAddr,
@@ -28,6 +28,19 @@ pub struct ServerConfig {
     pub min_relevance: f32,
     /// Maximum size of an uploaded book, in bytes.
     pub max_upload_bytes: usize,
+}
+
+/// Shows the settings with the database password hidden.
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("data_dir", &self.data_dir)
+            .field("https_listen", &self.https_listen)
+            .field("http_listen", &self.http_listen)
+            .field("database_url", &learntrac_store::redact_url(&self.database_url))
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerConfig {

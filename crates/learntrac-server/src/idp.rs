@@ -14,7 +14,7 @@ use learntrac_store::User;
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::auth::{self, ACCESS_AUDIENCE, CLI_CLIENT_ID, PageUser, SESSION_COOKIE, Session, TokenUse};
+use crate::auth::{self, ACCESS_AUDIENCE, CLI_CLIENT_ID, PageUser, SESSION_COOKIE, TokenUse};
 use crate::error::ApiError;
 use crate::pages::{PageForm, escape, layout};
 use crate::password;
@@ -99,7 +99,8 @@ impl From<ApiError> for OAuthError {
             ApiError::TooManyRequests { retry_after } => Some(*retry_after),
             _ => None,
         };
-        // RFC 6749 has no code for these two, so they keep LearnTrac's own.
+        // RFC 6749 section 5.2 names invalid_request for a bad request but
+        // has no code for rate limits or server errors, which keep LearnTrac's.
         let code = match &error {
             ApiError::BadRequest { .. } => "invalid_request",
             other => other.code(),
@@ -113,17 +114,17 @@ async fn token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Result<Form<TokenRequest>, FormRejection>,
 ) -> Result<Response, OAuthError> {
-    state.limiter.check(&format!("sign-in:{}", peer.ip()), SIGN_IN_LIMIT, Duration::from_secs(60), Instant::now())?;
+    limit_sign_in(&state, peer)?;
     let Form(request) = request.map_err(|rejection| {
         OAuthError::new(
             "invalid_request",
             format!("send the parameters form-encoded (application/x-www-form-urlencoded): {}", rejection.body_text()),
         )
     })?;
+    // RFC 6749 section 5.2 allows 400 for invalid_client when the client
+    // did not authenticate with the Authorization header.
     if request.client_id.as_deref() != Some(CLI_CLIENT_ID) {
-        let mut error = OAuthError::new("invalid_client", format!("unknown client_id; use {CLI_CLIENT_ID}"));
-        error.status = StatusCode::UNAUTHORIZED;
-        return Err(error);
+        return Err(OAuthError::new("invalid_client", format!("unknown client_id; use {CLI_CLIENT_ID}")));
     }
 
     let user = match request.grant_type.as_deref() {
@@ -131,7 +132,7 @@ async fn token(
             let (Some(username), Some(password)) = (request.username.as_deref(), request.password.as_deref()) else {
                 return Err(OAuthError::new("invalid_request", "the password grant needs username and password"));
             };
-            let user = check_credentials(&state, username, password, peer).await?;
+            let user = check_credentials(&state, username, password, peer, "token").await?;
             let Some(user) = user else {
                 return Err(OAuthError::new("invalid_grant", "invalid username or password"));
             };
@@ -203,13 +204,21 @@ async fn token_response(state: &AppState, user: &User) -> Result<serde_json::Val
     }))
 }
 
+/// Counts a password check for `peer` against the sign-in limit, which the
+/// token endpoint, the sign-in form and the change-password form share.
+fn limit_sign_in(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
+    state.limiter.check(&format!("sign-in:{}", peer.ip()), SIGN_IN_LIMIT, Duration::from_secs(60), Instant::now())
+}
+
 /// Verifies a password with the same work whether or not the account
 /// exists, and reports a disabled account only after the password matched.
+/// `purpose` names the check in the security log.
 async fn check_credentials(
     state: &AppState,
     email: &str,
     password: &str,
     peer: SocketAddr,
+    purpose: &'static str,
 ) -> Result<Option<User>, ApiError> {
     let user = state.store.user_by_email(email).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
@@ -224,7 +233,7 @@ async fn check_credentials(
         _ => None,
     };
     if let Some(reason) = reason {
-        tracing::warn!(target: "learntrac::security", ip = %peer.ip(), reason, "sign-in failed");
+        tracing::warn!(target: "learntrac::security", ip = %peer.ip(), purpose, reason, "password check failed");
         return Ok(None);
     }
     Ok(user)
@@ -286,16 +295,15 @@ async fn sign_in(
     PageForm(form): PageForm<SignInForm>,
 ) -> Result<Response, ApiError> {
     let next = safe_next(form.next.as_deref());
-    if let Err(error) =
-        state.limiter.check(&format!("sign-in:{}", peer.ip()), SIGN_IN_LIMIT, Duration::from_secs(60), Instant::now())
-    {
-        let mut response =
-            (StatusCode::TOO_MANY_REQUESTS, sign_in_form(&next, Some(&error.to_string()))).into_response();
+    if let Err(error) = limit_sign_in(&state, peer) {
+        let mut response = (error.status(), sign_in_form(&next, Some(&error.to_string()))).into_response();
         crate::error::add_challenge(&error, &mut response);
         return Ok(response);
     }
-    let Some(user) = check_credentials(&state, &form.username, &form.password, peer).await? else {
-        return Ok((StatusCode::UNAUTHORIZED, sign_in_form(&next, Some("Invalid email or password."))).into_response());
+    let Some(user) = check_credentials(&state, &form.username, &form.password, peer, "sign-in").await? else {
+        // The form is not HTTP authentication, so this is a 400 without a
+        // WWW-Authenticate challenge.
+        return Ok((StatusCode::BAD_REQUEST, sign_in_form(&next, Some("Invalid email or password."))).into_response());
     };
     let target = if user.must_change_password { "/account/password".to_string() } else { next };
     session_response(&state, &user, &target)
@@ -313,13 +321,15 @@ fn session_response(state: &AppState, user: &User, target: &str) -> Result<Respo
         lifetime,
         state.now(),
     )?;
-    let cookie = format!("{SESSION_COOKIE}={token}; Path=/; Max-Age={lifetime}; HttpOnly; Secure; SameSite=Strict");
     let mut response = Redirect::to(target).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).map_err(|e| anyhow::anyhow!("invalid cookie: {e}"))?,
-    );
+    response.headers_mut().insert(header::SET_COOKIE, session_cookie(&token, lifetime)?);
     Ok(response)
+}
+
+/// The `Set-Cookie` value of a session; an empty value with age 0 deletes it.
+fn session_cookie(value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
+    let cookie = format!("{SESSION_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict");
+    HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(anyhow::anyhow!("invalid session cookie: {e}")))
 }
 
 async fn sign_out_page() -> Html<String> {
@@ -331,18 +341,20 @@ async fn sign_out_page() -> Html<String> {
 }
 
 /// Ends the browser session: its token is revoked, not only the cookie
-/// cleared, so a copy of the cookie stops working too.
-async fn sign_out(State(state): State<AppState>, session: Result<Session, Response>) -> Result<Response, ApiError> {
-    if let Ok(session) = session {
-        state.store.revoke_token(&session.claims.jti, session.claims.exp, state.now()).await?;
-        state.revocations.clear();
-        tracing::info!(target: "learntrac::security", user_id = session.principal.user_id, "signed out");
+/// cleared, so a copy of the cookie stops working too. This includes a
+/// session that must still change its one-time password.
+async fn sign_out(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
+    if let Some(token) = auth::cookie(&headers, SESSION_COOKIE) {
+        if let Some((principal, claims)) = auth::authenticate(&state, token, "session").await? {
+            // The token stays usable until exp plus the clock leeway, so its
+            // revocation must be kept that long.
+            state.store.revoke_token(&claims.jti, claims.exp + auth::LEEWAY, state.now()).await?;
+            state.revocations.clear();
+            tracing::info!(target: "learntrac::security", user_id = principal.user_id, "signed out");
+        }
     }
     let mut response = Redirect::to("/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("lt_session=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"),
-    );
+    response.headers_mut().insert(header::SET_COOKIE, session_cookie("", 0)?);
     Ok(response)
 }
 
@@ -382,7 +394,10 @@ async fn change_password(
     PageUser(principal): PageUser,
     PageForm(form): PageForm<PasswordForm>,
 ) -> Result<Response, ApiError> {
-    let Some(user) = check_credentials(&state, &principal.email, &form.current, peer).await? else {
+    if let Err(error) = limit_sign_in(&state, peer) {
+        return Ok((error.status(), password_form(&principal, Some(&error.to_string()))).into_response());
+    }
+    let Some(user) = check_credentials(&state, &principal.email, &form.current, peer, "password change").await? else {
         return Ok((StatusCode::BAD_REQUEST, password_form(&principal, Some("The current password is wrong.")))
             .into_response());
     };

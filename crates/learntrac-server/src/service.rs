@@ -1,6 +1,7 @@
 //! What the roles do with the domain: ingest books, search the library,
-//! create learning paths and grade answers. HTTP handlers call these; only
-//! the store runs SQL.
+//! create learning paths and grade answers, with the visibility rules for
+//! paths and tickets. HTTP handlers call these for anything beyond a plain
+//! read; only the store runs SQL.
 
 use anyhow::Context;
 use learntrac_core::book::{Book, Format};
@@ -14,8 +15,9 @@ use crate::error::{ApiError, ApiResult};
 
 /// Most passages a search returns.
 pub const MAX_PASSAGES: usize = 20;
-/// Default and maximum number of concepts in a new path.
+/// Number of concepts in a new path when the request names none.
 pub const DEFAULT_CONCEPTS: usize = 8;
+/// Maximum `max_concepts` a request may ask for.
 pub const MAX_CONCEPTS: usize = 20;
 /// A path keeps passages that contain at least this share of the goal's
 /// information (its terms weighted by rarity) relative to the passage that
@@ -273,6 +275,7 @@ pub async fn answer(
             ticket_id,
             user_id: user.user_id,
             body: body.trim(),
+            // The grader already rounds to two decimals; this keeps them exact in f64.
             score: (f64::from(graded.score) * 100.0).round() / 100.0,
             feedback: &graded.feedback,
             suggestions: &graded.suggestions,
@@ -286,9 +289,11 @@ pub async fn answer(
 }
 
 /// Reloads the search index when another process (such as
-/// `learntrac ingest`) adds chunks to the database. Checks every 10 seconds.
+/// `learntrac ingest`) adds or deletes books. Checks every 10 seconds; the
+/// first check always reloads, so a book added while the server started is
+/// not missed.
 pub async fn watch_library(state: AppState) {
-    let mut known = state.store.chunk_watermark().await.ok();
+    let mut known = None;
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         interval.tick().await;
@@ -302,12 +307,9 @@ pub async fn watch_library(state: AppState) {
         if Some(current) == known {
             continue;
         }
-        match load_index(&state.store).await {
-            Ok(index) => {
-                *state.index.write().unwrap_or_else(|p| p.into_inner()) = index;
-                known = Some(current);
-            }
-            Err(error) => tracing::warn!(error = format!("{error:#}"), "cannot reload the search index"),
+        match reload_index(&state).await {
+            Ok(()) => known = Some(current),
+            Err(error) => tracing::warn!(error = %error, "cannot reload the search index"),
         }
     }
 }

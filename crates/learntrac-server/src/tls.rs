@@ -79,8 +79,11 @@ fn generate(files: &GeneratedFiles, hostnames: &[String]) -> Result<()> {
     let ca_cert = ca_params.self_signed(&ca_key).context("cannot sign the CA certificate")?;
 
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    names.extend(hostnames.iter().cloned());
-    names.dedup();
+    for hostname in hostnames {
+        if !names.contains(hostname) {
+            names.push(hostname.clone());
+        }
+    }
     let mut params = CertificateParams::new(names).context("invalid host name for the certificate")?;
     params.distinguished_name.push(DnType::CommonName, "LearnTrac gateway");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

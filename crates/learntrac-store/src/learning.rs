@@ -30,7 +30,8 @@ impl TicketStatus {
     }
 }
 
-/// A ticket to create; `prerequisites` are indices into the same batch.
+/// A ticket to create; `prerequisites` are indices of earlier tickets in
+/// the same batch.
 pub struct NewTicket {
     pub section_id: Option<i64>,
     pub concept: String,
@@ -199,7 +200,9 @@ impl Store {
             .try_get("id")?;
             for &prerequisite in &ticket.prerequisites {
                 let Some(&prerequisite_id) = ids.get(prerequisite) else {
-                    continue;
+                    return Err(StoreError::Corrupt(format!(
+                        "ticket {position} names prerequisite {prerequisite}, which is not an earlier ticket"
+                    )));
                 };
                 sqlx::query("INSERT INTO ticket_prerequisites (ticket_id, prerequisite_id) VALUES ($1, $2)")
                     .bind(id)

@@ -91,7 +91,11 @@ impl Store {
 
         for (position, chunk) in chunks.iter().enumerate() {
             let Some(section_id) = section_ids.get(chunk.section) else {
-                continue;
+                return Err(crate::StoreError::Corrupt(format!(
+                    "chunk {position} names section {}, but the book has {}",
+                    chunk.section,
+                    section_ids.len()
+                )));
             };
             sqlx::query(
                 "INSERT INTO chunks (book_id, section_id, position, body, embedding) VALUES ($1, $2, $3, $4, $5)",
@@ -161,8 +165,9 @@ impl Store {
     /// whether the book existed.
     pub async fn delete_book(&self, id: i64) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        // SQLite enforces ON DELETE only with the foreign_keys pragma, so the
-        // dependent rows are removed explicitly on both databases.
+        // Store::open enables SQLite's foreign_keys pragma, but the dependent
+        // rows are removed explicitly so that deleting does not depend on how
+        // the file was opened.
         sqlx::query(
             "UPDATE tickets SET section_id = NULL WHERE section_id IN (SELECT id FROM sections WHERE book_id = $1)",
         )

@@ -135,11 +135,14 @@ async fn run(cli: Cli) -> Result<()> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let mut config = settings::resolve(&args.data)?;
-    settings::apply_serve_args(&mut config, &args)?;
+    settings::apply_serve_args(&mut config, &args);
     let listeners = gateway::Listeners::bind(config.https_listen, config.http_listen)?;
-    if args.public_url.is_none() && !settings::file_sets_public_url(&args.data.data_dir)? {
-        config.public_url = learntrac_server::config::default_public_url(listeners.https.local_addr()?);
-    }
+    // Flag or environment, then the file, then the address actually bound
+    // (which differs from the configured one for port 0).
+    config.public_url = match settings::configured_public_url(&args)? {
+        Some(url) => url,
+        None => learntrac_server::config::default_public_url(listeners.https.local_addr()?),
+    };
 
     let state = AppState::open(config).await?;
     bootstrap_admin(&state).await?;

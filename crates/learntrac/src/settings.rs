@@ -38,8 +38,24 @@ fn read_file(data_dir: &Path) -> Result<FileSettings> {
     toml::from_str(&text).with_context(|| format!("invalid settings in {}", path.display()))
 }
 
-pub fn file_sets_public_url(data_dir: &Path) -> Result<bool> {
-    Ok(read_file(data_dir)?.public_url.is_some())
+/// Checks a public URL and removes a trailing '/'; `source` names where it came from.
+fn checked_public_url(url: &str, source: &str) -> Result<String> {
+    if !url.starts_with("https://") {
+        bail!("public_url {url:?} in {source} must start with https://, because LearnTrac serves HTTPS only");
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+/// Returns the public URL set by `--public-url` (or its environment
+/// variable) or by the settings file, if either sets one.
+pub fn configured_public_url(args: &ServeArgs) -> Result<Option<String>> {
+    if let Some(url) = &args.public_url {
+        return checked_public_url(url, "--public-url or LEARNTRAC_PUBLIC_URL").map(Some);
+    }
+    match read_file(&args.data.data_dir)?.public_url {
+        Some(url) => checked_public_url(&url, FILE_NAME).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Resolves the settings shared by every subcommand.
@@ -51,13 +67,12 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
     }
     if let Some(addr) = file.https_listen {
         config.https_listen = addr;
-        config.public_url = learntrac_server::config::default_public_url(addr);
     }
     if let Some(addr) = file.http_listen {
         config.http_listen = addr;
     }
     if let Some(url) = file.public_url {
-        config.public_url = url;
+        config.public_url = checked_public_url(&url, FILE_NAME)?;
     }
     config.tls_cert = file.tls_cert;
     config.tls_key = file.tls_key;
@@ -74,6 +89,7 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
         }
     }
     if let Some(email) = file.admin_email {
+        learntrac_server::validate_email(&email).map_err(|e| anyhow::anyhow!("admin_email in {FILE_NAME}: {e}"))?;
         config.admin_email = email;
     }
     if let Some(relevance) = file.min_relevance {
@@ -91,21 +107,13 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
     Ok(config)
 }
 
-/// Applies the flags and environment variables of `serve` over the file.
-pub fn apply_serve_args(config: &mut ServerConfig, args: &ServeArgs) -> Result<()> {
+/// Applies the listen addresses of `serve` (flags and environment) over
+/// the file. The public URL is settled after binding, by the caller.
+pub fn apply_serve_args(config: &mut ServerConfig, args: &ServeArgs) {
     if let Some(addr) = args.https_listen {
         config.https_listen = addr;
-        config.public_url = learntrac_server::config::default_public_url(addr);
     }
     if let Some(addr) = args.http_listen {
         config.http_listen = addr;
     }
-    if let Some(url) = &args.public_url {
-        config.public_url = url.clone();
-    }
-    if !config.public_url.starts_with("https://") {
-        bail!("public URL {:?} must start with https://", config.public_url);
-    }
-    config.public_url = config.public_url.trim_end_matches('/').to_string();
-    Ok(())
 }

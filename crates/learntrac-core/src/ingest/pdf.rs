@@ -2,7 +2,6 @@
 //! PDF has one, from numbered heading lines otherwise.
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use pdf_extract::{Document, PlainTextOutput};
 
@@ -25,21 +24,14 @@ struct Heading {
 
 pub fn parse(bytes: &[u8]) -> Result<Book, IngestError> {
     // pdf-extract panics on some malformed files instead of returning an
-    // error, so a panic is turned into a parse error here.
-    let result = catch_unwind(AssertUnwindSafe(|| -> Result<_, IngestError> {
-        let document = Document::load_mem(bytes).map_err(|e| IngestError::Pdf(e.to_string()))?;
-        if document.is_encrypted() {
-            return Err(IngestError::Pdf("the file is encrypted; decrypt it first".into()));
-        }
-        let pages = extract_pages(&document)?;
-        let outline = outline(&document);
-        let title = document_title(&document);
-        Ok((pages, outline, title))
-    }));
-    let (pages, outline, title) = match result {
-        Ok(parsed) => parsed?,
-        Err(_) => return Err(IngestError::Pdf("the PDF parser failed on this file".into())),
-    };
+    // error; `ingest::parse` turns such a panic into an error.
+    let document = Document::load_mem(bytes).map_err(|e| IngestError::Pdf(e.to_string()))?;
+    if document.is_encrypted() {
+        return Err(IngestError::Pdf("the file is encrypted; decrypt it first".into()));
+    }
+    let pages = extract_pages(&document)?;
+    let outline = outline(&document);
+    let title = document_title(&document);
 
     let lines = page_lines(&pages);
     let Some(first_line) = lines.iter().find(|l| !l.text.is_empty()) else {
@@ -173,9 +165,10 @@ fn headings_from_lines(lines: &[Line]) -> Vec<Heading> {
 }
 
 /// Cuts the lines into sections, one per heading, each starting where its
-/// heading is printed on or after its page. Text before the first heading
-/// becomes an untitled front-matter section, which `prune` keeps only if
-/// it has text.
+/// heading is printed on or after its page. With headings from numbered
+/// lines, text before the first heading becomes an untitled section that
+/// `prune` keeps only if it has text. With an outline, that text (title
+/// page, table of contents) is dropped.
 fn split_at_headings(lines: &[Line], headings: &[Heading], from_outline: bool) -> Vec<Section> {
     let mut starts: Vec<(usize, usize)> = Vec::new(); // (line index, heading index)
     let mut found_at: Vec<usize> = Vec::new();

@@ -335,3 +335,32 @@ async fn cli_password_reset_revokes_tokens() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("nobody@example.org"));
 }
+
+#[tokio::test]
+async fn public_url_from_settings_file_names_issuer() {
+    let mut server = Server::new().await;
+    std::fs::write(server.data_dir.join("learntrac.toml"), "public_url = \"https://learn.example:9443/\"\n")
+        .expect("write settings");
+    server.serve().await;
+    let discovery: Value = server
+        .client
+        .get(server.url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(discovery["issuer"], "https://learn.example:9443", "the file's value survives --https-listen");
+
+    let bad = Server::new().await;
+    std::fs::write(bad.data_dir.join("learntrac.toml"), "public_url = \"http://learn.example\"\n")
+        .expect("write settings");
+    let output = bad.cli(&["serve", "--https-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"], "");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("learntrac.toml") && stderr.contains("https://"), "{stderr}");
+    std::fs::write(bad.data_dir.join("learntrac.toml"), "no_such_setting = 1\n").expect("write settings");
+    let output = bad.cli(&["serve", "--https-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"], "");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no_such_setting"));
+}
