@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::{ApiUser, Principal};
+use crate::auth::{ApiUser, StaffApiUser};
 use crate::error::{ApiError, ApiResult};
 use crate::{graph, service};
 
@@ -96,11 +96,10 @@ struct UploadQuery {
 /// Ingests the request body as a book; `?name=FILE.pdf` gives its format.
 async fn upload_book(
     State(state): State<AppState>,
-    ApiUser(user): ApiUser,
+    StaffApiUser(user): StaffApiUser,
     Query(query): Query<UploadQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    require_staff(&user, "add books to the library")?;
     let Some(name) = query.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) else {
         return Err(ApiError::bad_request("missing_name", "name the file with ?name=FILE.pdf (or .html, .md)"));
     };
@@ -120,10 +119,9 @@ async fn upload_book(
 
 async fn delete_book(
     State(state): State<AppState>,
-    ApiUser(user): ApiUser,
+    StaffApiUser(_): StaffApiUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    require_staff(&user, "delete books")?;
     service::delete_book(&state, parse_id(&id, "book")?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -132,10 +130,6 @@ async fn delete_book(
 /// JSON limit.
 pub fn upload_routes(max_upload_bytes: usize) -> Router<AppState> {
     Router::new().route("/books", post(upload_book)).layer(DefaultBodyLimit::max(max_upload_bytes))
-}
-
-pub fn require_staff(user: &Principal, action: &str) -> ApiResult<()> {
-    if user.is_staff() { Ok(()) } else { Err(ApiError::Forbidden(format!("only instructors and admins may {action}"))) }
 }
 
 #[derive(Deserialize)]

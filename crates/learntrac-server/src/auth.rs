@@ -317,6 +317,39 @@ impl FromRequestParts<AppState> for ApiUser {
     }
 }
 
+/// The message of a 403 for a right that only instructors and admins have.
+const STAFF_ONLY: &str = "only instructors and admins may do this";
+
+/// An API caller in the instructors or admins group.
+pub struct StaffApiUser(pub Principal);
+
+impl FromRequestParts<AppState> for StaffApiUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<StaffApiUser, ApiError> {
+        let ApiUser(principal) = ApiUser::from_request_parts(parts, state).await?;
+        if !principal.is_staff() {
+            return Err(ApiError::Forbidden(STAFF_ONLY.into()));
+        }
+        Ok(StaffApiUser(principal))
+    }
+}
+
+/// A signed-in instructor or admin on the pages.
+pub struct StaffPageUser(pub Principal);
+
+impl FromRequestParts<AppState> for StaffPageUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<StaffPageUser, Response> {
+        let PageUser(principal) = PageUser::from_request_parts(parts, state).await?;
+        if !principal.is_staff() {
+            return Err(crate::pages::PageError(ApiError::Forbidden(STAFF_ONLY.into())).into_response());
+        }
+        Ok(StaffPageUser(principal))
+    }
+}
+
 /// A signed-in browser user; anyone else is sent to the sign-in page.
 pub struct PageUser(pub Principal);
 

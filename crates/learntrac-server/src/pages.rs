@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::api::parse_id;
-use crate::auth::{PageUser, Principal};
+use crate::auth::{PageUser, Principal, StaffPageUser};
 use crate::error::ApiError;
 use crate::{graph, service, wiki};
 
@@ -285,14 +285,11 @@ struct WikiForm {
 
 async fn save_wiki_page(
     State(state): State<AppState>,
-    PageUser(user): PageUser,
+    StaffPageUser(user): StaffPageUser,
     Path(name): Path<String>,
     PageForm(form): PageForm<WikiForm>,
 ) -> PageResult {
     valid_page_name(&name)?;
-    if !user.is_staff() {
-        return Err(ApiError::Forbidden("only instructors and admins may edit wiki pages".into()).into());
-    }
     state.store.save_wiki_page(&name, &form.text, Some(user.user_id), state.now()).await?;
     state.wiki_cache.forget(&name);
     Ok(Redirect::to(&format!("/wiki/{name}")).into_response())
@@ -549,8 +546,11 @@ async fn library(
     Ok(layout("Library", Some(&user), &html).into_response())
 }
 
-async fn upload(State(state): State<AppState>, PageUser(user): PageUser, mut multipart: Multipart) -> PageResult {
-    crate::api::require_staff(&user, "add books to the library")?;
+async fn upload(
+    State(state): State<AppState>,
+    StaffPageUser(user): StaffPageUser,
+    mut multipart: Multipart,
+) -> PageResult {
     while let Some(field) = multipart
         .next_field()
         .await
