@@ -277,6 +277,7 @@ pub async fn authenticate(
         );
         return Ok(None);
     }
+    crate::gateway::record_user(principal.user_id);
     Ok(Some((principal, claims)))
 }
 

@@ -22,13 +22,26 @@ use axum_server::Handle;
 use crate::error::ApiError;
 use crate::{AppState, api, idp, pages};
 
+/// What the access log records about the request being handled.
+struct RequestContext {
+    id: String,
+    /// The authenticated user's id, 0 until a token has been accepted.
+    user_id: std::sync::atomic::AtomicI64,
+}
+
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static REQUEST: RequestContext;
 }
 
 /// The id of the request being handled, or "-" outside a request.
 pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| "-".to_string())
+    REQUEST.try_with(|r| r.id.clone()).unwrap_or_else(|_| "-".to_string())
+}
+
+/// Records the authenticated user of the request being handled, for the
+/// access log.
+pub fn record_user(user_id: i64) {
+    let _ = REQUEST.try_with(|r| r.user_id.store(user_id, std::sync::atomic::Ordering::Relaxed));
 }
 
 /// All routes of all roles, behind the gateway's middleware.
@@ -62,7 +75,14 @@ async fn gateway_layer(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
     let role = role_of(&path);
 
-    let mut response = REQUEST_ID.scope(request_id.clone(), next.run(request)).await;
+    let context = RequestContext { id: request_id.clone(), user_id: std::sync::atomic::AtomicI64::new(0) };
+    let (mut response, user_id) = REQUEST
+        .scope(context, async {
+            let response = next.run(request).await;
+            let user_id = REQUEST.with(|r| r.user_id.load(std::sync::atomic::Ordering::Relaxed));
+            (response, user_id)
+        })
+        .await;
 
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -73,7 +93,8 @@ async fn gateway_layer(request: Request, next: Next) -> Response {
     }
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(target: "learntrac::access", role, %method, path, status, latency_ms, request_id, "request");
+    let user_id = (user_id != 0).then_some(user_id);
+    tracing::info!(target: "learntrac::access", role, %method, path, status, latency_ms, request_id, user_id, "request");
     response
 }
 

@@ -55,6 +55,20 @@ async fn api_without_valid_token_is_401() {
     }
     let (status, _) = server.get_json(access, "/api/v1/paths").await;
     assert_eq!(status, 200);
+    // The log reaches the harness through a pipe, so it may lag the response.
+    let mut logged_user = false;
+    for _ in 0..50 {
+        logged_user = server.stdout_text().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|event| {
+            event["target"] == "learntrac::access"
+                && event["fields"]["status"] == 200
+                && event["fields"]["user_id"].is_i64()
+        });
+        if logged_user {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(logged_user, "the access log names the authenticated user");
 
     // A second server has its own key: its tokens are not accepted here.
     let other = Server::start().await;
