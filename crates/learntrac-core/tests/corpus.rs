@@ -137,3 +137,14 @@ fn expected_answers_master_every_r_intro_question() {
     }
     assert!(failures.is_empty(), "{} sections fail:\n{}", failures.len(), failures.join("\n"));
 }
+
+#[test]
+fn derivations_sections_have_their_text() {
+    let book = load("derivations.pdf");
+    let empty = book.sections.iter().filter(|s| s.text.trim().is_empty()).count();
+    assert!(empty * 10 < book.sections.len(), "{empty} of {} sections are empty", book.sections.len());
+    assert!(book.sections.iter().any(|s| s.heading == "2.5 Powers and roots"));
+    let largest =
+        book.sections.iter().filter(|s| s.heading.starts_with("3.7")).map(|s| s.text.len()).max().unwrap_or(0);
+    assert!(largest < 50_000, "3.7 swallowed {largest} bytes of later sections");
+}

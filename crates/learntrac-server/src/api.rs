@@ -147,7 +147,7 @@ pub fn passage_json(hit: &Hit) -> Value {
         "book_title": hit.passage.book_title,
         "heading": hit.passage.heading,
         "text": hit.passage.text,
-        "relevance": (hit.relevance * 1000.0).round() / 1000.0,
+        "relevance": (f64::from(hit.relevance) * 1000.0).round() / 1000.0,
     })
 }
 
@@ -296,6 +296,7 @@ mod tests {
             ("/api/v1/me", "get"),
             ("/api/v1/books", "get"),
             ("/api/v1/books", "post"),
+            ("/api/v1/books/{id}", "delete"),
             ("/api/v1/search", "post"),
             ("/api/v1/paths", "get"),
             ("/api/v1/paths", "post"),

@@ -181,6 +181,9 @@ const REVOCATION_CHECK_SECONDS: u64 = 5;
 #[derive(Default)]
 pub struct RevocationCache {
     entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
+    /// Raised by [`RevocationCache::clear`]; an answer read from the database
+    /// before a clear is not stored after it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl RevocationCache {
@@ -190,8 +193,17 @@ impl RevocationCache {
         (checked.elapsed().as_secs() < REVOCATION_CHECK_SECONDS).then_some(*accepted)
     }
 
-    fn put(&self, jti: &str, accepted: bool) {
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stores an answer read from the database while the cache was at
+    /// `generation`, unless a sign-out or password change cleared it since.
+    fn put(&self, jti: &str, accepted: bool, generation: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation() != generation {
+            return;
+        }
         if entries.len() >= 100_000 {
             entries.clear();
         }
@@ -200,7 +212,9 @@ impl RevocationCache {
 
     /// Forgets every cached answer, after a sign-out or password change.
     pub fn clear(&self) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        entries.clear();
     }
 }
 
@@ -263,8 +277,9 @@ pub async fn authenticate(
     let accepted = match state.revocations.get(&claims.jti) {
         Some(accepted) => accepted,
         None => {
+            let generation = state.revocations.generation();
             let accepted = state.store.token_accepted(principal.user_id, &claims.jti, claims.ver).await?;
-            state.revocations.put(&claims.jti, accepted);
+            state.revocations.put(&claims.jti, accepted, generation);
             accepted
         }
     };

@@ -193,7 +193,13 @@ async fn token_response(state: &AppState, user: &User) -> Result<serde_json::Val
     let refresh = crate::random_token(32);
     state
         .store
-        .insert_refresh_token(&crate::sha256_hex(&refresh), user.id, now + state.config.refresh_token_seconds, now)
+        .insert_refresh_token(
+            &crate::sha256_hex(&refresh),
+            user.id,
+            user.token_version,
+            now + state.config.refresh_token_seconds,
+            now,
+        )
         .await?;
     Ok(serde_json::json!({
         "access_token": access,

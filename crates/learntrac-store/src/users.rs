@@ -197,29 +197,55 @@ impl Store {
         Ok(())
     }
 
-    /// Stores the hash of a new refresh token.
-    pub async fn insert_refresh_token(&self, token_hash: &str, user_id: i64, expires_at: i64, now: i64) -> Result<()> {
-        sqlx::query("INSERT INTO refresh_tokens (token_hash, user_id, expires_at, revoked, created_at) VALUES ($1, $2, $3, 0, $4)")
-            .bind(token_hash)
-            .bind(user_id)
-            .bind(expires_at)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+    /// Stores the hash of a new refresh token issued under the user's
+    /// `token_version`.
+    pub async fn insert_refresh_token(
+        &self,
+        token_hash: &str,
+        user_id: i64,
+        token_version: i64,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, user_id, token_version, expires_at, revoked, created_at) \
+             VALUES ($1, $2, $3, $4, 0, $5)",
+        )
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(token_version)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
-    /// Revokes a refresh token and returns its user if it was valid at `now`.
-    /// Revoking on use makes every refresh token single-use.
+    /// Revokes a refresh token and returns its user if it was valid at `now`
+    /// and was issued under the user's current token version (so one issued
+    /// while the password was being changed is refused). Revoking on use
+    /// makes every refresh token single-use.
     pub async fn consume_refresh_token(&self, token_hash: &str, now: i64) -> Result<Option<i64>> {
         let row = sqlx::query(
-            "UPDATE refresh_tokens SET revoked = 1 WHERE token_hash = $1 AND revoked = 0 AND expires_at > $2 RETURNING user_id",
+            "UPDATE refresh_tokens SET revoked = 1 WHERE token_hash = $1 AND revoked = 0 AND expires_at > $2 \
+             RETURNING user_id, token_version",
         )
         .bind(token_hash)
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| r.try_get("user_id")).transpose()?)
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let user_id: i64 = row.try_get("user_id")?;
+        let issued_under: i64 = row.try_get("token_version")?;
+        let current = sqlx::query("SELECT token_version FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get::<i64, _>("token_version"))
+            .transpose()?;
+        Ok((current == Some(issued_under)).then_some(user_id))
     }
 }
 
@@ -255,7 +281,7 @@ mod tests {
         assert!(!store.token_accepted(user.id, "t1", 0).await.expect("check"), "signed out");
         assert!(store.token_accepted(user.id, "t2", 0).await.expect("check"));
 
-        store.insert_refresh_token("r", user.id, 1000, 0).await.expect("insert");
+        store.insert_refresh_token("r", user.id, 0, 1000, 0).await.expect("insert");
         assert_eq!(store.set_password(user.id, "h2").await.expect("set"), 1);
         assert!(!store.token_accepted(user.id, "t2", 0).await.expect("check"), "issued before the change");
         assert!(store.token_accepted(user.id, "t3", 1).await.expect("check"), "issued after the change");
@@ -266,10 +292,17 @@ mod tests {
     async fn refresh_tokens_are_single_use() {
         let store = memory_store().await;
         let user = store.create_user("a@b.c", "A", "h", &[Group::Students], false, 0).await.expect("create");
-        store.insert_refresh_token("hash", user.id, 100, 0).await.expect("insert");
+        store.insert_refresh_token("hash", user.id, 0, 100, 0).await.expect("insert");
         assert_eq!(store.consume_refresh_token("hash", 50).await.expect("use"), Some(user.id));
         assert_eq!(store.consume_refresh_token("hash", 50).await.expect("reuse"), None);
-        store.insert_refresh_token("old", user.id, 100, 0).await.expect("insert");
+        store.insert_refresh_token("old", user.id, 0, 100, 0).await.expect("insert");
         assert_eq!(store.consume_refresh_token("old", 150).await.expect("expired"), None);
+
+        // Issued under the old version while the password was changing.
+        store.set_password(user.id, "h2").await.expect("set");
+        store.insert_refresh_token("raced", user.id, 0, 100, 0).await.expect("insert");
+        assert_eq!(store.consume_refresh_token("raced", 50).await.expect("use"), None);
+        store.insert_refresh_token("current", user.id, 1, 100, 0).await.expect("insert");
+        assert_eq!(store.consume_refresh_token("current", 50).await.expect("use"), Some(user.id));
     }
 }

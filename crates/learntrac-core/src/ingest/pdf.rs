@@ -63,7 +63,8 @@ fn outline(document: &Document) -> Vec<Heading> {
     let Ok(toc) = document.get_toc() else {
         return Vec::new();
     };
-    toc.toc
+    let mut headings: Vec<Heading> = toc
+        .toc
         .into_iter()
         .map(|entry| Heading {
             level: entry.level.clamp(1, 9) as u8,
@@ -71,7 +72,23 @@ fn outline(document: &Document) -> Vec<Heading> {
             page: entry.page,
         })
         .filter(|h| !h.title.is_empty())
-        .collect()
+        .collect();
+    repair_pages(&mut headings);
+    headings
+}
+
+/// Outline entries are in reading order, so their pages never decrease. An
+/// entry whose page lies beyond the next entry's is wrong (lopdf 0.38 keys
+/// its outline by title, so of two entries named "Summary" the first gets
+/// the second's page); it is given the previous entry's page, from where
+/// the heading search finds its printed line.
+fn repair_pages(headings: &mut [Heading]) {
+    for i in 0..headings.len() {
+        let next = headings.get(i + 1).map(|h| h.page);
+        if next.is_some_and(|next| headings[i].page > next) {
+            headings[i].page = if i == 0 { next.unwrap_or(1) } else { headings[i - 1].page };
+        }
+    }
 }
 
 fn document_title(document: &Document) -> Option<String> {
@@ -298,6 +315,17 @@ mod tests {
         let headings = headings_from_lines(&lines);
         let titles: Vec<_> = headings.iter().map(|h| (h.level, h.title.as_str())).collect();
         assert_eq!(titles, [(2, "2.5 Missing values"), (1, "3 Objects")]);
+    }
+
+    #[test]
+    fn out_of_order_outline_pages_are_repaired() {
+        let mut headings: Vec<Heading> = [(1, "One", 3), (2, "Summary", 90), (1, "Two", 5), (2, "Summary", 90)]
+            .into_iter()
+            .map(|(level, title, page)| Heading { level, title: title.into(), page })
+            .collect();
+        repair_pages(&mut headings);
+        let pages: Vec<usize> = headings.iter().map(|h| h.page).collect();
+        assert_eq!(pages, [3, 3, 5, 90]);
     }
 
     #[test]
