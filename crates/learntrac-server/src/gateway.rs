@@ -52,9 +52,14 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api::upload_routes(max_upload).merge(api::routes()))
         .merge(pages::routes(max_upload))
         .route("/healthz", get(health))
+        .fallback(page_not_found)
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_JSON_BYTES))
         .layer(middleware::from_fn(gateway_layer))
         .with_state(state)
+}
+
+async fn page_not_found() -> crate::pages::PageError {
+    crate::pages::PageError(ApiError::NotFound("page".into()))
 }
 
 async fn health(State(state): State<AppState>) -> Response {

@@ -71,6 +71,9 @@ async fn invalid_requests_are_explained() {
     assert!(error["message"].as_str().expect("message").contains("999999"));
     let (status, _) = server.get_json(&token, "/api/v1/no-such-route").await;
     assert_eq!(status, 404);
+    let response = server.client.get(server.url("/no-such-page")).send().await.expect("get");
+    assert_eq!(response.status(), 404);
+    assert!(response.text().await.expect("html").contains("page not found"), "an HTML page, not an empty body");
 
     let response = server.client.delete(server.url("/api/v1/paths")).bearer_auth(&token).send().await.expect("delete");
     assert_eq!(response.status(), 405);
