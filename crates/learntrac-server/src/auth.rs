@@ -19,7 +19,7 @@ use crate::keys::SigningKeys;
 pub const ACCESS_AUDIENCE: &str = "learntrac";
 /// The public client that scripts use with the password grant.
 pub const CLI_CLIENT_ID: &str = "learntrac-cli";
-/// Name of the browser session cookie, which holds an access token.
+/// Name of the browser session cookie, whose value is an access token.
 pub const SESSION_COOKIE: &str = "lt_session";
 /// Tolerance for clock differences when checking `exp` and `nbf`, in seconds.
 pub const LEEWAY: i64 = 30;
@@ -104,7 +104,7 @@ pub fn issue(
     jsonwebtoken::encode(&header, &claims, &keys.encoding).map_err(|e| anyhow::anyhow!("LT-TOKEN-SIGN: {e}"))
 }
 
-/// Why a token was rejected; logged, never sent to the client.
+/// The reason a token was rejected; logged, never sent to the client.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenRejection {
     #[error("malformed token: {0}")]

@@ -19,8 +19,8 @@ use crate::error::ApiError;
 use crate::pages::{PageForm, escape, layout};
 use crate::password;
 
-/// Sign-in attempts allowed per client address and minute, on the token
-/// endpoint and the sign-in form together.
+/// Password checks allowed per client address and minute, on the token
+/// endpoint, the sign-in form and the change-password form together.
 const SIGN_IN_LIMIT: u32 = 30;
 
 pub fn routes() -> Router<AppState> {
@@ -332,7 +332,7 @@ fn session_response(state: &AppState, user: &User, target: &str) -> Result<Respo
     Ok(response)
 }
 
-/// The `Set-Cookie` value of a session; an empty value with age 0 deletes it.
+/// Builds the `Set-Cookie` value of a session; an empty value with age 0 deletes it.
 fn session_cookie(value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
     let cookie = format!("{SESSION_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict");
     HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(anyhow::anyhow!("invalid session cookie: {e}")))
