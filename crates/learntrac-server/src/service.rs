@@ -203,11 +203,14 @@ pub async fn create_path(
             sections.push(section);
         }
     }
+    let titles: std::collections::HashMap<i64, &str> =
+        hits.iter().map(|h| (h.passage.book_id, h.passage.book_title.as_str())).collect();
     let mut candidates: Vec<path::Candidate<'_>> = sections
         .iter()
         .map(|s| path::Candidate {
             section_id: s.id,
             book_id: s.book_id,
+            book_title: titles.get(&s.book_id).copied().unwrap_or_default(),
             position: s.position,
             book_position: s.position as f32 / s.book_sections.max(1) as f32,
             heading: &s.heading,
