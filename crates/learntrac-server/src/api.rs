@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -97,9 +97,11 @@ struct UploadQuery {
 async fn upload_book(
     State(state): State<AppState>,
     StaffApiUser(user): StaffApiUser,
-    Query(query): Query<UploadQuery>,
+    query: Result<Query<UploadQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Query(query) =
+        query.map_err(|rejection| ApiError::bad_request("invalid_query_string", rejection.body_text()))?;
     let Some(name) = query.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) else {
         return Err(ApiError::bad_request("missing_name", "name the file with ?name=FILE.pdf (or .html, .md)"));
     };

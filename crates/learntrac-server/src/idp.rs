@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::FormRejection;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::auth::{self, ACCESS_AUDIENCE, CLI_CLIENT_ID, PageUser, SESSION_COOKIE, TokenUse};
 use crate::error::ApiError;
-use crate::pages::{PageForm, escape, layout};
+use crate::pages::{PageForm, PageQuery, escape, layout};
 use crate::password;
 
 /// Password checks allowed per client address and minute, on the token
@@ -284,7 +284,7 @@ fn sign_in_form(next: &str, message: Option<&str>) -> Html<String> {
     )
 }
 
-async fn sign_in_page(Query(query): Query<NextQuery>) -> Html<String> {
+async fn sign_in_page(PageQuery(query): PageQuery<NextQuery>) -> Html<String> {
     sign_in_form(&safe_next(query.next.as_deref()), None)
 }
 

@@ -59,6 +59,20 @@ impl IntoResponse for PageError {
 
 type PageResult = Result<Response, PageError>;
 
+/// A query string whose rejection is an HTML error page naming the problem.
+pub struct PageQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for PageQuery<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, PageError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(PageQuery(value)),
+            Err(rejection) => Err(ApiError::bad_request("invalid_query_string", rejection.body_text()).into()),
+        }
+    }
+}
+
 /// A form body whose rejection is an HTML error page naming the problem.
 pub struct PageForm<T>(pub T);
 
@@ -251,7 +265,7 @@ async fn wiki_page(
     State(state): State<AppState>,
     PageUser(user): PageUser,
     Path(name): Path<String>,
-    Query(query): Query<WikiQuery>,
+    PageQuery(query): PageQuery<WikiQuery>,
 ) -> PageResult {
     valid_page_name(&name)?;
     let page = rendered_page(&state, &name).await?;
@@ -509,7 +523,7 @@ struct LibraryQuery {
 async fn library(
     State(state): State<AppState>,
     PageUser(user): PageUser,
-    Query(query): Query<LibraryQuery>,
+    PageQuery(query): PageQuery<LibraryQuery>,
 ) -> PageResult {
     let books = state.store.list_books().await?;
     let mut html = String::from("<h1>Library</h1>");
