@@ -42,7 +42,7 @@ fn leading_number(title: &str) -> Option<u32> {
 
 /// Orders `candidates` by book and position and generates each concept's
 /// question. A concept depends on each earlier concept of the same book
-/// whose name its text uses; one that uses none depends on the concept just
+/// whose name its text uses. One that uses none depends on the concept just
 /// before it in the same book, so that the path reads as the book teaches.
 pub fn plan(candidates: &mut [Candidate<'_>]) -> Vec<PlannedConcept> {
     // Books whose titles are numbered chapters sort by that number, so the

@@ -16,8 +16,8 @@ pub struct Question {
     pub key_terms: Vec<String>,
 }
 
-/// What the generator reads: the concept's name, the text of its section,
-/// and where the section sits in its book (0.0 first, 1.0 last).
+/// The generator's input: the concept's name, the text of its section, and
+/// where the section sits in its book (0.0 first, 1.0 last).
 pub struct Source<'a> {
     pub concept: &'a str,
     pub text: &'a str,

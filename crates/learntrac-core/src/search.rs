@@ -155,8 +155,8 @@ impl Index {
     }
 }
 
-/// The text embedded for a chunk: the headings give context to a passage
-/// that does not repeat its own topic.
+/// Returns the text embedded for a chunk. The headings give context to a
+/// passage that does not repeat its own topic.
 pub fn embedding_text(context: &str, heading: &str, chunk: &str) -> String {
     if context.is_empty() { format!("{heading}. {chunk}") } else { format!("{context}. {heading}. {chunk}") }
 }

@@ -128,8 +128,8 @@ async fn delete_book(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The upload route, with the configured upload size limit in place of the
-/// JSON limit.
+/// Builds the upload route, with the configured upload size limit in place
+/// of the JSON limit.
 pub fn upload_routes(max_upload_bytes: usize) -> Router<AppState> {
     Router::new().route("/books", post(upload_book)).layer(DefaultBodyLimit::max(max_upload_bytes))
 }

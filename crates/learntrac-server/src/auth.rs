@@ -431,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_checked_for_time_issuer_audience_and_use() {
+    fn access_token_claims_are_checked() {
         let keys = keys();
         let iss = "https://lt.example";
         let token = issue(&keys, iss, ACCESS_AUDIENCE, TokenUse::Access, &user(), 60, 1000).expect("issue");

@@ -69,8 +69,8 @@ impl ApiError {
         }
     }
 
-    /// The message shown to the client; internal errors are logged here
-    /// with their whole cause chain.
+    /// Returns the message shown to the client. Internal errors are logged
+    /// here with their whole cause chain.
     pub fn public_message(&self) -> String {
         if let ApiError::Internal(error) = self {
             tracing::error!(request_id = %current_request_id(), error = format!("{error:#}"), "request failed");

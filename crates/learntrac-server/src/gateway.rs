@@ -1,7 +1,7 @@
 //! The gateway: the only role that faces the network. It terminates TLS,
 //! redirects plain HTTP to HTTPS, gives each request an id, logs it, adds
-//! security headers, limits request rates and routes to the roles behind
-//! it, which in one process are in-process services with no socket of
+//! security headers, limits request rates and routes to the roles behind it.
+//! In one process those roles are in-process services with no socket of
 //! their own.
 
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ use axum_server::Handle;
 use crate::error::ApiError;
 use crate::{AppState, api, idp, pages};
 
-/// What the access log records about the request being handled.
+/// The access log's record of the request being handled.
 struct RequestContext {
     id: String,
     /// The authenticated user's id, 0 until a token has been accepted.
@@ -33,7 +33,7 @@ tokio::task_local! {
     static REQUEST: RequestContext;
 }
 
-/// The id of the request being handled, or "-" outside a request.
+/// Returns the id of the request being handled, or "-" outside a request.
 pub fn current_request_id() -> String {
     REQUEST.try_with(|r| r.id.clone()).unwrap_or_else(|_| "-".to_string())
 }
@@ -44,7 +44,7 @@ pub fn record_user(user_id: i64) {
     let _ = REQUEST.try_with(|r| r.user_id.store(user_id, std::sync::atomic::Ordering::Relaxed));
 }
 
-/// All routes of all roles, behind the gateway's middleware.
+/// Builds the routes of all roles behind the gateway's middleware.
 pub fn router(state: AppState) -> Router {
     let max_upload = state.config.max_upload_bytes;
     Router::new()
@@ -117,7 +117,7 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Which role serves a path, for the access log.
+/// Returns the role that serves a path, for the access log.
 fn role_of(path: &str) -> &'static str {
     if path.starts_with("/api/") {
         "api"
@@ -265,8 +265,8 @@ fn public_hostnames(public_url: &str) -> Vec<String> {
         .collect()
 }
 
-/// The HTTPS address for a plain HTTP request: the same path and query on
-/// the public URL. The client's `Host` header is not trusted for this.
+/// Returns the HTTPS address for a plain HTTP request: the same path and
+/// query on the public URL. The client's `Host` header is not trusted.
 fn redirect_target(public_url: &str, uri: &Uri) -> String {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     format!("{}{path}", public_url.trim_end_matches('/'))

@@ -68,7 +68,7 @@ impl AppState {
         })))
     }
 
-    /// The current time in Unix seconds.
+    /// Returns the current time in Unix seconds.
     pub fn now(&self) -> i64 {
         unix_now()
     }
@@ -83,8 +83,8 @@ pub fn unix_now() -> i64 {
 pub fn random_token(bytes: usize) -> String {
     use base64::Engine;
     let mut buffer = vec![0u8; bytes];
-    // aws-lc's generator fails only if the OS has no entropy source, in
-    // which case nothing secure can run at all.
+    // Without random bytes no key, token or salt can be made safely, so the
+    // process stops rather than carry on.
     if aws_lc_rs::rand::fill(&mut buffer).is_err() {
         tracing::error!("the system random number generator failed");
         std::process::abort();

@@ -19,10 +19,10 @@ pub const MAX_PASSAGES: usize = 20;
 pub const DEFAULT_CONCEPTS: usize = 8;
 /// Maximum `max_concepts` a request may ask for.
 pub const MAX_CONCEPTS: usize = 20;
-/// A path keeps passages that contain at least this share of the goal's
-/// information (its terms weighted by rarity) relative to the passage that
-/// contains the most, so that a section sharing only a common word with the
-/// goal is left out while a broad goal still finds many sections.
+/// Minimum share of the goal's information (its terms weighted by rarity)
+/// that a path's passage must contain, relative to the passage that contains
+/// the most. A section that shares only a common word with the goal is left
+/// out, while a broad goal still finds many sections.
 const RELATIVE_COVERAGE: f32 = 0.4;
 /// A path keeps passages whose relevance is at least this share of the best one's.
 const RELATIVE_RELEVANCE: f32 = 0.5;

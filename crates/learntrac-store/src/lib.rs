@@ -18,7 +18,7 @@ use std::str::FromStr;
 use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 
-/// Which database server a URL points at.
+/// The kind of database server a URL points at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -158,7 +158,7 @@ fn conflict_or(error: sqlx::Error, what: impl FnOnce() -> String) -> StoreError 
 pub(crate) mod testing {
     use super::Store;
 
-    /// A fresh, migrated in-memory SQLite store.
+    /// Opens a fresh, migrated in-memory SQLite store.
     pub async fn memory_store() -> Store {
         // Each connection to ":memory:" would be a separate database, and
         // a shared cache keeps one per name.

@@ -77,11 +77,11 @@ fn outline(document: &Document) -> Vec<Heading> {
     headings
 }
 
-/// Outline entries are in reading order, so their pages never decrease. An
-/// entry whose page lies beyond the next entry's is wrong (lopdf 0.38 keys
-/// its outline by title, so of two entries named "Summary" the first gets
-/// the second's page); it is given the previous entry's page, from where
-/// the heading search finds its printed line.
+/// Repairs outline pages that run backwards. Entries are in reading order,
+/// so an entry whose page lies beyond the next entry's is wrong: lopdf 0.38
+/// keys its outline by title, so of two entries named "Summary" the first
+/// gets the second's page. Such an entry gets the previous entry's page, and
+/// the heading search finds its printed line from there.
 fn repair_pages(headings: &mut [Heading]) {
     for i in 0..headings.len() {
         let next = headings.get(i + 1).map(|h| h.page);
