@@ -410,10 +410,7 @@ mod tests {
     use super::*;
 
     fn keys() -> SigningKeys {
-        let dir = std::env::temp_dir().join(format!("lt-keys-{}", crate::random_token(6)));
-        let keys = SigningKeys::load_or_generate(&dir).expect("keys");
-        let _ = std::fs::remove_dir_all(&dir);
-        keys
+        crate::keys::generate_for_tests()
     }
 
     fn user() -> User {

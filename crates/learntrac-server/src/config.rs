@@ -1,7 +1,11 @@
 //! Settings of `learntrac serve`, resolved once at start-up.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use learntrac_secrets::KeySource;
+use learntrac_store::PoolSettings;
 
 /// Everything the server needs to start, already validated.
 #[derive(Clone)]
@@ -28,6 +32,19 @@ pub struct ServerConfig {
     pub min_relevance: f32,
     /// Maximum size of an uploaded book, in bytes.
     pub max_upload_bytes: usize,
+    /// Where the master key of the secrets store comes from.
+    pub master_key: KeySource,
+    /// Secrets each role may read, beyond the built-in grants.
+    pub secret_policy: BTreeMap<String, Vec<String>>,
+    /// Name of the secret holding the database password, which is added to
+    /// `database_url`.
+    pub database_password_secret: Option<String>,
+    pub pool: PoolSettings,
+    /// Refuse to start while any production check fails.
+    pub production: bool,
+    /// Whether the token endpoint accepts `grant_type=password`.
+    pub password_grant: bool,
+    pub egress: crate::egress::EgressSettings,
 }
 
 /// Shows the settings with the database password hidden.
@@ -39,6 +56,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("http_listen", &self.http_listen)
             .field("database_url", &learntrac_store::redact_url(&self.database_url))
             .field("public_url", &self.public_url)
+            .field("master_key", &self.master_key.describe())
+            .field("production", &self.production)
             .finish_non_exhaustive()
     }
 }
@@ -48,6 +67,7 @@ impl ServerConfig {
     /// redirect on 127.0.0.1:8080 and SQLite in `learntrac.db`.
     pub fn with_data_dir(data_dir: PathBuf) -> ServerConfig {
         let https_listen = SocketAddr::from(([127, 0, 0, 1], 8443));
+        let data_dir_for_key = data_dir.clone();
         ServerConfig {
             database_url: default_database_url(&data_dir),
             data_dir,
@@ -62,8 +82,20 @@ impl ServerConfig {
             admin_email: "admin@localhost".into(),
             min_relevance: 0.3,
             max_upload_bytes: 64 * 1024 * 1024,
+            master_key: KeySource::File(data_dir_key_file(&data_dir_for_key)),
+            secret_policy: BTreeMap::new(),
+            database_password_secret: None,
+            pool: PoolSettings::default(),
+            production: false,
+            password_grant: true,
+            egress: crate::egress::EgressSettings::default(),
         }
     }
+}
+
+/// `DATA_DIR/master.key`, the default master key file.
+pub fn data_dir_key_file(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("master.key")
 }
 
 /// `sqlite://DATA_DIR/learntrac.db`, created on first use.

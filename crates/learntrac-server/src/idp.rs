@@ -38,12 +38,13 @@ pub fn routes() -> Router<AppState> {
 
 async fn discovery(State(state): State<AppState>) -> Json<serde_json::Value> {
     let issuer = &state.config.public_url;
+    let grants: &[&str] = if state.config.password_grant { &["password", "refresh_token"] } else { &["refresh_token"] };
     Json(serde_json::json!({
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "token_endpoint": format!("{issuer}/oauth2/token"),
         "end_session_endpoint": format!("{issuer}/logout"),
-        "grant_types_supported": ["password", "refresh_token"],
+        "grant_types_supported": grants,
         // NOTE: there is no authorization endpoint yet, so no response type
         // is supported; scripts use the password grant.
         "response_types_supported": [],
@@ -128,6 +129,12 @@ async fn token(
     }
 
     let user = match request.grant_type.as_deref() {
+        Some("password") if !state.config.password_grant => {
+            return Err(OAuthError::new(
+                "unsupported_grant_type",
+                "the password grant is switched off on this server (password_grant = false); sign in at /login",
+            ));
+        }
         Some("password") => {
             let (Some(username), Some(password)) = (request.username.as_deref(), request.password.as_deref()) else {
                 return Err(OAuthError::new("invalid_request", "the password grant needs username and password"));

@@ -1,5 +1,6 @@
 //! The identity provider's token-signing key: RSA 2048, generated at first
-//! start and published as a JSON Web Key Set.
+//! start into the encrypted secrets store and published as a JSON Web Key
+//! Set.
 
 use std::path::Path;
 
@@ -10,6 +11,7 @@ use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{DecodingKey, EncodingKey};
+use learntrac_secrets::{RoleSecrets, SecretStore, TOKEN_SIGNING_KEY};
 
 /// The signing key with its public half in the forms verifiers need.
 pub struct SigningKeys {
@@ -21,23 +23,11 @@ pub struct SigningKeys {
 }
 
 impl SigningKeys {
-    /// Loads the key from `DATA_DIR/keys/token-signing.pem`, generating it
-    /// (mode 0600) if the file does not exist.
-    // TODO: keep the signing key in the encrypted secrets store and rotate it.
-    pub fn load_or_generate(data_dir: &Path) -> Result<SigningKeys> {
-        let path = data_dir.join("keys").join("token-signing.pem");
-        if !path.exists() {
-            let dir = path.parent().context("key path has no parent")?;
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let key = KeyPair::generate(KeySize::Rsa2048)
-                .map_err(|_| anyhow::anyhow!("LT-KEY-GENERATE: RSA key generation failed"))?;
-            let der = key.as_der().map_err(|_| anyhow::anyhow!("LT-KEY-GENERATE: cannot encode the RSA key"))?;
-            crate::write_private(&path, pem("PRIVATE KEY", der.as_ref()).as_bytes())?;
-            tracing::info!(path = %path.display(), "generated the token-signing key");
-        }
-        let pem_text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        SigningKeys::from_pkcs8_pem(&pem_text)
-            .with_context(|| format!("LT-KEY-LOAD: invalid token-signing key {}", path.display()))
+    /// Loads the key from the secrets store with the identity provider's rights.
+    pub fn load(secrets: &RoleSecrets) -> Result<SigningKeys> {
+        let pem_text = secrets.get(TOKEN_SIGNING_KEY).context("LT-KEY-LOAD: cannot read the token-signing key")?;
+        SigningKeys::from_pkcs8_pem(pem_text.expose().as_bytes())
+            .context("LT-KEY-LOAD: the token-signing key in the secrets store is invalid")
     }
 
     pub fn from_pkcs8_pem(pem_text: &[u8]) -> Result<SigningKeys> {
@@ -60,6 +50,33 @@ impl SigningKeys {
     }
 }
 
+/// Puts a token-signing key into the store if it has none: the PEM file
+/// that older versions kept in `DATA_DIR/keys` (deleted once stored, so
+/// tokens signed with it stay valid), or a new key.
+// TODO: rotate the signing key by command, keeping the old one in the JWKS
+// until its tokens expire.
+pub fn ensure_signing_key(store: &mut SecretStore, data_dir: &Path, now: i64) -> Result<()> {
+    if store.contains(TOKEN_SIGNING_KEY) {
+        return Ok(());
+    }
+    let legacy = data_dir.join("keys").join("token-signing.pem");
+    if legacy.exists() {
+        let pem_text = std::fs::read_to_string(&legacy).with_context(|| format!("cannot read {}", legacy.display()))?;
+        SigningKeys::from_pkcs8_pem(pem_text.as_bytes())
+            .with_context(|| format!("LT-KEY-LOAD: invalid token-signing key {}", legacy.display()))?;
+        store.put(TOKEN_SIGNING_KEY, &pem_text, now)?;
+        std::fs::remove_file(&legacy).with_context(|| format!("cannot remove {}", legacy.display()))?;
+        tracing::info!(path = %legacy.display(), "moved the token-signing key into the secrets store");
+        return Ok(());
+    }
+    let key = KeyPair::generate(KeySize::Rsa2048)
+        .map_err(|_| anyhow::anyhow!("LT-KEY-GENERATE: RSA key generation failed"))?;
+    let der = key.as_der().map_err(|_| anyhow::anyhow!("LT-KEY-GENERATE: cannot encode the RSA key"))?;
+    store.put(TOKEN_SIGNING_KEY, &pem("PRIVATE KEY", der.as_ref()), now)?;
+    tracing::info!(secret = TOKEN_SIGNING_KEY, "generated the token-signing key in the secrets store");
+    Ok(())
+}
+
 fn pem(label: &str, der: &[u8]) -> String {
     let encoded = STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
@@ -69,4 +86,20 @@ fn pem(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+/// A new signing key read through a fresh store in a temporary directory.
+#[cfg(test)]
+pub(crate) fn generate_for_tests() -> SigningKeys {
+    use learntrac_secrets::{KeyRing, KeySource, Role, SecretPolicy};
+    let dir = std::env::temp_dir().join(format!("lt-keys-{}", crate::random_token(6)));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let keys = KeyRing::open(KeySource::File(dir.join("master.key")), true).expect("master key");
+    let mut store = SecretStore::open(&dir, keys).expect("store");
+    ensure_signing_key(&mut store, &dir, 0).expect("signing key");
+    let policy = SecretPolicy::new(&Default::default()).expect("policy");
+    let idp = RoleSecrets::new(Role::Idp, std::sync::Arc::new(policy), std::sync::Arc::new(store));
+    let loaded = SigningKeys::load(&idp).expect("load");
+    let _ = std::fs::remove_dir_all(&dir);
+    loaded
 }

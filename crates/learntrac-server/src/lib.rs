@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod gateway;
 pub mod graph;
@@ -11,6 +13,8 @@ pub mod idp;
 pub mod keys;
 pub mod pages;
 pub mod password;
+pub mod production;
+pub mod secrets;
 pub mod service;
 pub mod tls;
 pub mod wiki;
@@ -29,6 +33,7 @@ pub use config::ServerConfig;
 pub struct AppInner {
     pub store: Store,
     pub keys: keys::SigningKeys,
+    pub secrets: secrets::Secrets,
     pub config: ServerConfig,
     pub index: RwLock<Index>,
     pub limiter: gateway::RateLimiter,
@@ -49,16 +54,22 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    /// Opens the database, loads the signing key and builds the search
-    /// index from the stored chunks.
+    /// Opens the secrets store, the database (with the password from the
+    /// store when one is configured) and the signing key, and builds the
+    /// search index from the stored chunks.
     pub async fn open(config: ServerConfig) -> Result<AppState> {
-        ensure_data_dir(&config.data_dir)?;
-        let store = Store::open(&config.database_url).await?;
-        let keys = keys::SigningKeys::load_or_generate(&config.data_dir)?;
+        let mut secret_store = secrets::open_store(&config, true)?;
+        keys::ensure_signing_key(&mut secret_store, &config.data_dir, unix_now())?;
+        let secrets = secrets::Secrets::new(secret_store, &config)?;
+        let keys = keys::SigningKeys::load(&secrets.role(learntrac_secrets::Role::Idp))?;
+
+        let database_url = secrets.database_url(&config, secrets::DATABASE_ROLES)?;
+        let store = Store::open_with(&database_url, &config.pool).await?;
         let index = service::load_index(&store).await?;
         Ok(AppState(Arc::new(AppInner {
             store,
             keys,
+            secrets,
             config,
             index: RwLock::new(index),
             limiter: gateway::RateLimiter::new(),

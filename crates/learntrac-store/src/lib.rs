@@ -3,11 +3,13 @@
 //! `$1`, `$2` …, times are Unix seconds and flags are 0 or 1. Only this
 //! crate runs SQL.
 
+mod dump;
 mod learning;
 mod library;
 mod users;
 mod wiki;
 
+pub use dump::{DumpLine, DumpValue, TABLES};
 pub use learning::{Answer, NewAnswer, NewTicket, PathRecord, PathSummary, Ticket, TicketStatus};
 pub use library::{BookRecord, NewChunk, SectionRecord, StoredChunk};
 pub use users::{Group, User};
@@ -62,10 +64,38 @@ pub struct Store {
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// Size and timeouts of the connection pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolSettings {
+    /// Maximum open connections; `None` for the backend's default (4 on
+    /// SQLite, 16 on PostgreSQL).
+    pub max_connections: Option<u32>,
+    /// How long a query waits for a free connection before it fails.
+    pub acquire_timeout: std::time::Duration,
+    /// How long an unused connection stays open.
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> PoolSettings {
+        PoolSettings {
+            max_connections: None,
+            acquire_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
 impl Store {
-    /// Connects to `url` (`sqlite://…` or `postgres://…`), creating a
-    /// missing SQLite file, and applies pending migrations.
+    /// Connects to `url` with the default pool settings; see [`Store::open_with`].
     pub async fn open(url: &str) -> Result<Store> {
+        Store::open_with(url, &PoolSettings::default()).await
+    }
+
+    /// Connects to `url` (`sqlite://…` or `postgres://…`), creating a
+    /// missing SQLite file, and applies pending migrations. A PostgreSQL
+    /// URL may ask for TLS with `sslmode=verify-full&sslrootcert=CA_FILE`.
+    pub async fn open_with(url: &str, pool_settings: &PoolSettings) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -83,7 +113,9 @@ impl Store {
                 // A local file cannot go stale, so connections are not
                 // tested with an extra query before each use.
                 AnyPoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(pool_settings.max_connections.unwrap_or(4))
+                    .acquire_timeout(pool_settings.acquire_timeout)
+                    .idle_timeout(pool_settings.idle_timeout)
                     .test_before_acquire(false)
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
@@ -97,7 +129,14 @@ impl Store {
                     .connect_with(options)
                     .await
             }
-            Backend::Postgres => AnyPoolOptions::new().max_connections(16).connect_with(options).await,
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(pool_settings.max_connections.unwrap_or(16))
+                    .acquire_timeout(pool_settings.acquire_timeout)
+                    .idle_timeout(pool_settings.idle_timeout)
+                    .connect_with(options)
+                    .await
+            }
         }
         .map_err(StoreError::Connect)?;
 

@@ -147,6 +147,14 @@ impl Store {
     /// Replaces a user's password hash, clears the must-change flag, and
     /// signs the user out everywhere: refresh tokens are revoked and the
     /// token version is raised. Returns the new token version.
+    /// Emails of the users who still have to replace a one-time password.
+    pub async fn users_with_one_time_password(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT email FROM users WHERE must_change_password = 1 ORDER BY email")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("email")?)).collect()
+    }
+
     pub async fn set_password(&self, user_id: i64, password_hash: &str) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         let version: i64 = sqlx::query(

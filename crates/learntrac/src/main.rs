@@ -1,6 +1,8 @@
 //! The `learntrac` command: `serve` runs every role in one process; the
 //! other subcommands administer a data directory.
 
+mod backups;
+mod secrets;
 mod settings;
 
 use std::io::BufRead;
@@ -44,6 +46,12 @@ enum Command {
         /// The file to ingest.
         file: PathBuf,
     },
+    /// Manage the encrypted secrets store and its master key.
+    #[command(subcommand)]
+    Secret(secrets::SecretCommand),
+    /// Create, verify and restore encrypted backups.
+    #[command(subcommand)]
+    Backup(backups::BackupCommand),
 }
 
 #[derive(Args)]
@@ -60,6 +68,11 @@ pub struct ServeArgs {
     /// [default: https://localhost:PORT].
     #[arg(long, env = "LEARNTRAC_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Refuse to start while a production check fails (development
+    /// certificate, one-time passwords, loose key file, unverified remote
+    /// database, development secrets); also `production = true` in learntrac.toml.
+    #[arg(long, env = "LEARNTRAC_PRODUCTION")]
+    pub production: bool,
 }
 
 #[derive(Subcommand)]
@@ -130,6 +143,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::User(UserCommand::SetPassword { data, email, password_stdin: _ }) => set_password(data, &email).await,
         Command::Ingest { data, file } => ingest(data, &file).await,
+        Command::Secret(command) => secrets::run(command),
+        Command::Backup(command) => backups::run(command).await,
     }
 }
 
@@ -145,9 +160,33 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
 
     let state = AppState::open(config).await?;
-    bootstrap_admin(&state).await?;
+    if state.config.production {
+        check_production(&state).await?;
+    } else {
+        bootstrap_admin(&state).await?;
+    }
     tokio::spawn(learntrac_server::service::watch_library(state.clone()));
     gateway::serve(state, listeners, shutdown_signal()).await
+}
+
+/// Fails with every problem that makes the setup unfit for production.
+async fn check_production(state: &AppState) -> Result<()> {
+    let problems =
+        learntrac_server::production::problems(&state.config, state.secrets.store(), &state.store, state.now()).await;
+    if problems.is_empty() {
+        tracing::info!("production checks passed");
+        return Ok(());
+    }
+    let list: Vec<String> = problems.iter().map(|problem| format!("  - {problem}")).collect();
+    anyhow::bail!("production mode refuses to start because of {} problem(s):\n{}", problems.len(), list.join("\n"))
+}
+
+/// Opens the database for an operator's command, with the password from
+/// the secrets store when one is configured.
+pub async fn open_database(config: &learntrac_server::ServerConfig) -> Result<learntrac_store::Store> {
+    let secret_store = learntrac_server::secrets::open_store(config, true)?;
+    let url = learntrac_server::secrets::operator_database_url(config, &secret_store)?;
+    Ok(learntrac_store::Store::open_with(&url, &config.pool).await?)
 }
 
 /// Creates the first administrator on an empty user pool and prints its
@@ -197,8 +236,7 @@ async fn add_user(data: DataArgs, email: &str, name: Option<String>, groups: &[S
 
     let secret = read_new_password()?;
     let config = settings::resolve(&data)?;
-    learntrac_server::ensure_data_dir(&config.data_dir)?;
-    let store = learntrac_store::Store::open(&config.database_url).await?;
+    let store = open_database(&config).await?;
     let hash = password::hash(&secret)?;
     let name = name.unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_string());
     let user = store.create_user(&email, &name, &hash, &groups, false, learntrac_server::unix_now()).await?;
@@ -223,7 +261,7 @@ fn read_new_password() -> Result<String> {
 async fn set_password(data: DataArgs, email: &str) -> Result<()> {
     let secret = read_new_password()?;
     let config = settings::resolve(&data)?;
-    let store = learntrac_store::Store::open(&config.database_url).await?;
+    let store = open_database(&config).await?;
     let Some(user) = store.user_by_email(email).await? else {
         anyhow::bail!("no user has the email {email:?}; `learntrac user add` creates one");
     };

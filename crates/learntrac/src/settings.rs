@@ -1,9 +1,12 @@
 //! Layered settings: defaults, then `DATA_DIR/learntrac.toml`, then
 //! `LEARNTRAC_…` environment variables and flags (clap reads both).
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use learntrac_secrets::{KeySource, SecretString};
 use learntrac_server::ServerConfig;
 use serde::Deserialize;
 
@@ -25,7 +28,21 @@ struct FileSettings {
     admin_email: Option<String>,
     min_relevance: Option<f32>,
     max_upload_mib: Option<usize>,
+    master_key_file: Option<PathBuf>,
+    master_key_command: Option<Vec<String>>,
+    secret_policy: Option<BTreeMap<String, Vec<String>>>,
+    database_password: Option<String>,
+    database_max_connections: Option<u32>,
+    database_acquire_timeout_seconds: Option<u64>,
+    database_idle_timeout_seconds: Option<u64>,
+    production: Option<bool>,
+    password_grant: Option<bool>,
+    egress_proxy: Option<String>,
+    egress_ca_file: Option<PathBuf>,
 }
+
+/// The environment variable that contains the master key itself (base64).
+const MASTER_KEY_ENV: &str = "LEARNTRAC_MASTER_KEY";
 
 const FILE_NAME: &str = "learntrac.toml";
 
@@ -104,12 +121,75 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
         }
         config.max_upload_bytes = mib * 1024 * 1024;
     }
+
+    config.master_key = master_key_source(&data.data_dir, file.master_key_file, file.master_key_command)?;
+    config.secret_policy = file.secret_policy.unwrap_or_default();
+    if let Some(reference) = file.database_password {
+        config.database_password_secret = Some(secret_reference("database_password", &reference)?);
+    }
+    if let Some(size) = file.database_max_connections {
+        if !(1..=1000).contains(&size) {
+            bail!("database_max_connections = {size} in {FILE_NAME} is out of range; use 1 to 1000");
+        }
+        config.pool.max_connections = Some(size);
+    }
+    for (name, value, target) in [
+        ("database_acquire_timeout_seconds", file.database_acquire_timeout_seconds, &mut config.pool.acquire_timeout),
+        ("database_idle_timeout_seconds", file.database_idle_timeout_seconds, &mut config.pool.idle_timeout),
+    ] {
+        if let Some(seconds) = value {
+            if !(1..=86_400).contains(&seconds) {
+                bail!("{name} = {seconds} in {FILE_NAME} is out of range; use 1 to 86400 seconds");
+            }
+            *target = Duration::from_secs(seconds);
+        }
+    }
+    if let Some(production) = file.production {
+        config.production = production;
+    }
+    if let Some(enabled) = file.password_grant {
+        config.password_grant = enabled;
+    }
+    config.egress.proxy = file.egress_proxy;
+    config.egress.ca_file = file.egress_ca_file;
     Ok(config)
+}
+
+/// Chooses the master key source: `LEARNTRAC_MASTER_KEY`, then
+/// `master_key_command`, then `master_key_file`, then `DATA_DIR/master.key`.
+fn master_key_source(data_dir: &Path, file: Option<PathBuf>, command: Option<Vec<String>>) -> Result<KeySource> {
+    if let Ok(value) = std::env::var(MASTER_KEY_ENV) {
+        return Ok(KeySource::Environment(SecretString(value)));
+    }
+    match (file, command) {
+        (Some(_), Some(_)) => bail!("set master_key_file or master_key_command in {FILE_NAME}, not both"),
+        (_, Some(command)) if command.is_empty() => {
+            bail!("master_key_command in {FILE_NAME} is empty; give the program and its arguments as a list")
+        }
+        (_, Some(command)) => Ok(KeySource::Command(command)),
+        (Some(path), None) => Ok(KeySource::File(path)),
+        (None, None) => Ok(KeySource::File(learntrac_server::config::data_dir_key_file(data_dir))),
+    }
+}
+
+/// Parses `secret:NAME`; `setting` names the setting in the error.
+fn secret_reference(setting: &str, value: &str) -> Result<String> {
+    let Some(name) = value.strip_prefix("secret:") else {
+        bail!(
+            "{setting} in {FILE_NAME} must name a secret as \"secret:NAME\", so that the value is stored encrypted; \
+             store it with `learntrac secret put NAME`"
+        );
+    };
+    learntrac_secrets::validate_name(name).map_err(|error| anyhow::anyhow!("{setting} in {FILE_NAME}: {error}"))?;
+    Ok(name.to_string())
 }
 
 /// Applies the listen addresses of `serve` (flags and environment) over
 /// the file. The public URL is settled after binding, by the caller.
 pub fn apply_serve_args(config: &mut ServerConfig, args: &ServeArgs) {
+    if args.production {
+        config.production = true;
+    }
     if let Some(addr) = args.https_listen {
         config.https_listen = addr;
     }

@@ -37,6 +37,8 @@ pub struct Server {
     pub client: reqwest::Client,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
+    /// Environment variables added to every command, after the defaults.
+    extra_env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -58,7 +60,50 @@ impl Server {
             client: reqwest::Client::new(),
             stderr: Arc::default(),
             stdout: Arc::default(),
+            extra_env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for every later command.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_string(), value.to_string()));
+    }
+
+    /// The PostgreSQL URL of this server's database, when tests run on PostgreSQL.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.database.as_ref().map(|db| db.url.as_str())
+    }
+
+    /// Writes `DATA_DIR/learntrac.toml`.
+    pub fn write_settings(&self, toml: &str) {
+        std::fs::write(self.data_dir.join("learntrac.toml"), toml).expect("write learntrac.toml");
+    }
+
+    /// Runs `learntrac ARGS` and waits at most `limit` for it to exit; a
+    /// command still running then is killed and reported.
+    pub fn run_until_exit(&self, args: &[&str], limit: Duration) -> Output {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn learntrac");
+        let deadline = std::time::Instant::now() + limit;
+        while child.try_wait().expect("poll learntrac").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("wait for learntrac");
+                panic!(
+                    "learntrac {args:?} was still running after {limit:?}; stderr:\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().expect("wait for learntrac")
     }
 
     /// Prepares and starts a server.
@@ -75,6 +120,10 @@ impl Server {
             Some(db) => command.env("LEARNTRAC_DATABASE_URL", &db.url),
             None => command.env_remove("LEARNTRAC_DATABASE_URL"),
         };
+        command.env_remove("LEARNTRAC_MASTER_KEY").env_remove("LEARNTRAC_PRODUCTION");
+        for (key, value) in &self.extra_env {
+            command.env(key, value);
+        }
         command
     }
 
@@ -264,8 +313,10 @@ impl PostgresDatabase {
             .execute(&mut connection)
             .await
             .expect("create database");
-        let (prefix, _) = admin_url.rsplit_once('/').expect("database URL has a path");
-        let (_, query) = admin_url.split_once('?').map_or(("", ""), |(a, q)| (a, q));
+        // The query may hold paths (sslrootcert=/…), so the database name is
+        // found before it.
+        let (before_query, query) = admin_url.split_once('?').unwrap_or((admin_url, ""));
+        let (prefix, _) = before_query.rsplit_once('/').expect("database URL has a path");
         let url = if query.is_empty() { format!("{prefix}/{name}") } else { format!("{prefix}/{name}?{query}") };
         PostgresDatabase { admin_url: admin_url.to_string(), name, url }
     }

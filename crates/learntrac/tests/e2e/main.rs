@@ -5,6 +5,8 @@
 
 mod access;
 mod browser;
+mod database;
 mod harness;
 mod input;
 mod learning;
+mod operations;

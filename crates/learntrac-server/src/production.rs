@@ -1,0 +1,354 @@
+//! The checks that production mode runs before the server starts. Each
+//! problem is one message that names what is wrong and how to fix it.
+
+use std::path::Path;
+
+use learntrac_secrets::{KeySource, SecretStore};
+use learntrac_store::Store;
+
+use crate::ServerConfig;
+
+/// Values that ship in examples, tutorials and CI scripts, compared
+/// without case. A secret equal to one of them, or shorter than
+/// [`MIN_SECRET_LEN`], counts as a development value.
+const DEVELOPMENT_VALUES: &[&str] = &[
+    "admin",
+    "changeme",
+    "change-me",
+    "default",
+    "dev",
+    "development",
+    "example",
+    "learntrac",
+    "learntrac-ci",
+    "letmein",
+    "password",
+    "postgres",
+    "secret",
+    "test",
+];
+
+const MIN_SECRET_LEN: usize = 12;
+
+/// Runs every check and returns the problems found, empty when the
+/// configuration is fit for production.
+pub async fn problems(config: &ServerConfig, secrets: &SecretStore, store: &Store, now: i64) -> Vec<String> {
+    let mut problems = Vec::new();
+    certificate_problems(config, now, &mut problems);
+    if let KeySource::File(path) = &config.master_key
+        && let Err(error) = learntrac_secrets::check_owner_only(path)
+    {
+        problems.push(error.to_string());
+    }
+    match administrator_problems(store).await {
+        Ok(found) => problems.extend(found),
+        Err(error) => problems.push(format!("cannot read the user pool: {error}")),
+    }
+    problems.extend(database_problems(config));
+    if config.password_grant {
+        problems.push(
+            "password_grant is on, and LearnTrac cannot yet require multi-factor authentication for admins; \
+             set password_grant = false in learntrac.toml (browsers sign in at /login)"
+                .to_string(),
+        );
+    }
+    problems.extend(secret_problems(secrets));
+    problems
+}
+
+fn certificate_problems(config: &ServerConfig, now: i64, problems: &mut Vec<String>) {
+    let Some(cert_path) = &config.tls_cert else {
+        problems.push(
+            "the TLS certificate is the development one LearnTrac generates in DATA_DIR/tls; \
+             set tls_cert and tls_key to a certificate issued by your certificate authority"
+                .to_string(),
+        );
+        return;
+    };
+    match read_leaf(cert_path) {
+        Ok(leaf) => {
+            if leaf.self_signed {
+                problems.push(format!(
+                    "TLS certificate {} is self-signed; use one issued by a certificate authority",
+                    cert_path.display()
+                ));
+            }
+            if leaf.not_after < now {
+                problems.push(format!(
+                    "TLS certificate {} expired at Unix time {}; renew it",
+                    cert_path.display(),
+                    leaf.not_after
+                ));
+            }
+        }
+        Err(reason) => problems.push(format!("cannot check TLS certificate {}: {reason}", cert_path.display())),
+    }
+}
+
+async fn administrator_problems(store: &Store) -> learntrac_store::Result<Vec<String>> {
+    if store.count_users().await? == 0 {
+        return Ok(vec![
+            "no user exists, and production mode creates no first-start administrator with a one-time password; \
+             create one with `learntrac user add --group admins --email EMAIL --password-stdin`"
+                .to_string(),
+        ]);
+    }
+    Ok(store
+        .users_with_one_time_password()
+        .await?
+        .into_iter()
+        .map(|email| format!("user {email} still has a first-start one-time password; sign in at /login and change it"))
+        .collect())
+}
+
+fn database_problems(config: &ServerConfig) -> Vec<String> {
+    let url = &config.database_url;
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    let (authority, query) = split_url(url);
+    if let Some((userinfo, _)) = authority.split_once('@')
+        && let Some((_, password)) = userinfo.split_once(':')
+    {
+        problems.push(
+            "database_url contains the database password in the clear; \
+             store it with `learntrac secret put NAME` and set database_password = \"secret:NAME\""
+                .to_string(),
+        );
+        if is_development_value(password) {
+            problems.push("the database password in database_url is a development value".to_string());
+        }
+    }
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = query_param(query, "host").unwrap_or(host);
+    let local = host.is_empty()
+        || host.starts_with('/')
+        || ["localhost", "127.0.0.1", "[::1]"]
+            .iter()
+            .any(|name| host == *name || host.starts_with(&format!("{name}:")));
+    let verified = matches!(query_param(query, "sslmode"), Some("verify-full" | "verify-ca"));
+    if !local && !verified {
+        problems.push(format!(
+            "the database at {host} is remote and its connection is not verified TLS; \
+             add sslmode=verify-full&sslrootcert=CA_FILE to database_url"
+        ));
+    }
+    problems
+}
+
+/// Splits `scheme://authority/path?query` into the authority and the query.
+fn split_url(url: &str) -> (&str, &str) {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = before_query.split('/').next().unwrap_or_default();
+    (authority, query)
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| pair.split_once('=').filter(|(key, _)| *key == name).map(|(_, value)| value))
+}
+
+fn secret_problems(secrets: &SecretStore) -> Vec<String> {
+    let mut problems = Vec::new();
+    for info in secrets.list() {
+        match secrets.get(&info.name) {
+            Ok(value) if is_development_value(value.expose()) => problems.push(format!(
+                "secret {:?} has a development value (a well-known default, or shorter than {MIN_SECRET_LEN} \
+                 characters); replace it with `learntrac secret put {}`",
+                info.name, info.name
+            )),
+            Ok(_) => {}
+            Err(error) => problems.push(error.to_string()),
+        }
+    }
+    problems
+}
+
+fn is_development_value(value: &str) -> bool {
+    let value = value.trim();
+    value.chars().count() < MIN_SECRET_LEN || DEVELOPMENT_VALUES.iter().any(|known| value.eq_ignore_ascii_case(known))
+}
+
+/// The facts about the server certificate that production mode checks.
+#[derive(Debug, PartialEq)]
+pub struct LeafCertificate {
+    /// The issuer equals the subject.
+    pub self_signed: bool,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+}
+
+/// Reads the first certificate of a PEM file.
+pub fn read_leaf(path: &Path) -> Result<LeafCertificate, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let first = CertificateDer::pem_file_iter(path)
+        .map_err(|error| format!("cannot read it: {error}"))?
+        .next()
+        .ok_or("it contains no certificate")?
+        .map_err(|error| format!("invalid PEM: {error}"))?;
+    der::parse_leaf(first.as_ref()).ok_or_else(|| "it is not a valid X.509 certificate".to_string())
+}
+
+/// Just enough DER to read an X.509 certificate's issuer, validity and
+/// subject (RFC 5280, section 4.1).
+mod der {
+    use super::LeafCertificate;
+
+    /// Splits one TLV off `input`: (tag, contents, rest).
+    fn read(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (length, rest) = if first < 0x80 {
+            (first as usize, rest)
+        } else {
+            let count = (first & 0x7f) as usize;
+            if count == 0 || count > 4 || rest.len() < count {
+                return None;
+            }
+            let length = rest[..count].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+            (length, &rest[count..])
+        };
+        if rest.len() < length {
+            return None;
+        }
+        Some((tag, &rest[..length], &rest[length..]))
+    }
+
+    pub fn parse_leaf(certificate: &[u8]) -> Option<LeafCertificate> {
+        let (0x30, certificate, _) = read(certificate)? else { return None };
+        let (0x30, tbs, _) = read(certificate)? else { return None };
+        let mut rest = tbs;
+        if rest.first() == Some(&0xa0) {
+            rest = read(rest)?.2;
+        }
+        let (0x02, _serial, rest) = read(rest)? else { return None };
+        let (0x30, _signature, rest) = read(rest)? else { return None };
+        let (0x30, issuer, rest) = read(rest)? else { return None };
+        let (0x30, validity, rest) = read(rest)? else { return None };
+        let (0x30, subject, _) = read(rest)? else { return None };
+        let (_, _not_before, after) = read(validity)?;
+        let (tag, not_after, _) = read(after)?;
+        Some(LeafCertificate { self_signed: issuer == subject, not_after: parse_time(tag, not_after)? })
+    }
+
+    /// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
+    fn parse_time(tag: u8, text: &[u8]) -> Option<i64> {
+        let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+        let (year, rest) = match (tag, text.len()) {
+            (0x17, 12) => {
+                let short: i64 = text[..2].parse().ok()?;
+                (if short < 50 { 2000 + short } else { 1900 + short }, &text[2..])
+            }
+            (0x18, 14) => (text[..4].parse().ok()?, &text[4..]),
+            _ => return None,
+        };
+        let field = |range: std::ops::Range<usize>| rest.get(range).and_then(|s| s.parse::<i64>().ok());
+        let (month, day, hour, minute, second) =
+            (field(0..2)?, field(2..4)?, field(4..6)?, field(6..8)?, field(8..10)?);
+        Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+    }
+
+    /// Days since 1970-01-01 of a proleptic Gregorian date.
+    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+        let year = if month <= 2 { year - 1 } else { year };
+        let era = year.div_euclid(400);
+        let year_of_era = year - era * 400;
+        let month_index = (month + 9) % 12;
+        let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+        era * 146_097 + day_of_era - 719_468
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn times_convert_to_unix_seconds() {
+            assert_eq!(parse_time(0x17, b"700101000000Z"), Some(0));
+            assert_eq!(parse_time(0x18, b"20261204224710Z"), Some(1_796_424_430));
+            assert_eq!(parse_time(0x17, b"491231235959Z"), Some(2_524_607_999));
+            assert_eq!(parse_time(0x17, b"7001010000Z"), None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_certificate(dir: &Path, self_signed: bool, expired: bool) -> std::path::PathBuf {
+        use rcgen::{CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let mut params = CertificateParams::new(vec!["learntrac.example.org".to_string()]).expect("params");
+        params.distinguished_name.push(DnType::CommonName, "learntrac.example.org");
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().expect("key");
+        let pem = if self_signed {
+            params.self_signed(&key).expect("self-signed").pem()
+        } else {
+            let ca_key = KeyPair::generate().expect("ca key");
+            let mut ca_params = CertificateParams::default();
+            ca_params.distinguished_name.push(DnType::CommonName, "Example CA");
+            ca_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let issuer = Issuer::new(ca_params, ca_key);
+            params.signed_by(&key, &issuer).expect("signed").pem()
+        };
+        let path = dir.join(format!("cert-{self_signed}-{expired}.pem"));
+        std::fs::write(&path, pem).expect("write");
+        path
+    }
+
+    #[test]
+    fn certificate_checks() {
+        let dir = std::env::temp_dir().join(format!("lt-prod-{}", crate::random_token(6)));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let now = crate::unix_now();
+
+        let issued = read_leaf(&write_certificate(&dir, false, false)).expect("issued");
+        assert!(!issued.self_signed);
+        assert!(issued.not_after > now);
+
+        let own = read_leaf(&write_certificate(&dir, true, false)).expect("self-signed");
+        assert!(own.self_signed);
+
+        let old = read_leaf(&write_certificate(&dir, false, true)).expect("expired");
+        assert_eq!(old.not_after, 1_609_459_200);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn remote_database_needs_verified_tls() {
+        let mut config = ServerConfig::with_data_dir("/tmp/x".into());
+        config.database_url = "postgres://lt@db.example.org/lt".into();
+        assert_eq!(database_problems(&config).len(), 1);
+        config.database_url = "postgres://lt@db.example.org/lt?sslmode=require".into();
+        assert_eq!(database_problems(&config).len(), 1);
+        config.database_url = "postgres://lt@db.example.org/lt?sslmode=verify-full&sslrootcert=/etc/ca.pem".into();
+        assert!(database_problems(&config).is_empty());
+        config.database_url = "postgres://lt@localhost:5432/lt".into();
+        assert!(database_problems(&config).is_empty());
+    }
+
+    #[test]
+    fn inline_database_password_is_a_problem() {
+        let mut config = ServerConfig::with_data_dir("/tmp/x".into());
+        config.database_url = "postgres://lt:learntrac-ci@127.0.0.1/lt".into();
+        let problems = database_problems(&config);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("in the clear"));
+        assert!(problems[1].contains("development value"));
+    }
+
+    #[test]
+    fn development_values() {
+        for value in ["changeme", "Password", "short", "learntrac-ci"] {
+            assert!(is_development_value(value), "{value}");
+        }
+        assert!(!is_development_value("t7Vq-9xPz-4LmW-2rKd"));
+    }
+}

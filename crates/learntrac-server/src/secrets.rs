@@ -1,0 +1,125 @@
+//! The secrets store as the server uses it: opened with the configured
+//! master key, read by each role under the policy, and the source of
+//! settings that name a secret (`secret:NAME`).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use learntrac_secrets::{KeyRing, KeySource, Role, RoleSecrets, SecretPolicy, SecretStore};
+
+use crate::ServerConfig;
+
+/// Roles that open the database; each needs the database password.
+pub const DATABASE_ROLES: &[Role] = &[Role::Trac, Role::Api, Role::Idp];
+
+/// Opens the secrets store of the data directory. A missing master key
+/// file is created, unless the key must come from the environment or a
+/// command, or `create_key` is false (a restore needs the original key).
+pub fn open_store(config: &ServerConfig, create_key: bool) -> Result<SecretStore> {
+    crate::ensure_data_dir(&config.data_dir)?;
+    let create = create_key && matches!(config.master_key, KeySource::File(_));
+    let keys = KeyRing::open(config.master_key.clone(), create)?;
+    Ok(SecretStore::open(&config.data_dir, keys)?)
+}
+
+/// The opened store with the policy that rules it.
+#[derive(Clone)]
+pub struct Secrets {
+    store: Arc<SecretStore>,
+    policy: Arc<SecretPolicy>,
+}
+
+impl Secrets {
+    pub fn new(store: SecretStore, config: &ServerConfig) -> Result<Secrets> {
+        let policy = SecretPolicy::new(&config.secret_policy)
+            .map_err(|error| anyhow::anyhow!("invalid [secret_policy] in learntrac.toml: {error}"))?;
+        Ok(Secrets { store: Arc::new(store), policy: Arc::new(policy) })
+    }
+
+    /// The store as `role` may read it.
+    pub fn role(&self, role: Role) -> RoleSecrets {
+        RoleSecrets::new(role, self.policy.clone(), self.store.clone())
+    }
+
+    /// The whole store, for the operator's commands and the production
+    /// checks, which run with the operator's rights.
+    pub fn store(&self) -> &SecretStore {
+        &self.store
+    }
+
+    /// The database URL with the password from `database_password`, read
+    /// as every role in `roles`, so that the policy must grant it to each.
+    pub fn database_url(&self, config: &ServerConfig, roles: &[Role]) -> Result<String> {
+        let Some(name) = &config.database_password_secret else {
+            return Ok(config.database_url.clone());
+        };
+        let mut password = None;
+        for role in roles {
+            let value = self
+                .role(role.clone())
+                .get(name)
+                .with_context(|| format!("cannot read database_password (secret:{name}) as role {role}"))?;
+            password = Some(value);
+        }
+        match password {
+            Some(password) => with_password(&config.database_url, password.expose()),
+            None => bail!("no role reads the database password"),
+        }
+    }
+}
+
+/// The database URL with the password from `database_password` for the
+/// operator's commands, which are not bound by the role policy.
+pub fn operator_database_url(config: &ServerConfig, store: &SecretStore) -> Result<String> {
+    match &config.database_password_secret {
+        None => Ok(config.database_url.clone()),
+        Some(name) => {
+            let password = store.get(name).with_context(|| format!("cannot read database_password (secret:{name})"))?;
+            with_password(&config.database_url, password.expose())
+        }
+    }
+}
+
+/// Inserts a percent-encoded password into `scheme://user@host/…`.
+fn with_password(url: &str, password: &str) -> Result<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        bail!("database_password is set, but database_url {url:?} is not of the form postgres://USER@HOST/DB");
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some((user, host)) = rest[..authority_end].split_once('@') else {
+        bail!("database_password is set, but database_url names no user; use postgres://USER@HOST/DB");
+    };
+    if user.contains(':') {
+        bail!("database_url already contains a password; remove it when database_password is set");
+    }
+    Ok(format!("{scheme}://{user}:{}@{host}{}", percent_encode(password), &rest[authority_end..]))
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_goes_into_the_authority() {
+        let url = with_password("postgres://lt@db.example.org:5432/lt?sslmode=verify-full", "p@ss/w:rd").expect("url");
+        assert_eq!(url, "postgres://lt:p%40ss%2Fw%3Ard@db.example.org:5432/lt?sslmode=verify-full");
+    }
+
+    #[test]
+    fn url_without_user_is_rejected() {
+        assert!(with_password("postgres://db.example.org/lt", "x").is_err());
+        assert!(with_password("postgres://lt:inline@db/lt", "x").is_err());
+    }
+}
