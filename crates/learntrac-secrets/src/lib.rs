@@ -21,6 +21,12 @@ pub use store::{Rotation, SecretInfo, SecretStore, validate_name};
 /// The secret that holds the identity provider's token-signing key (PKCS#8 PEM).
 pub const TOKEN_SIGNING_KEY: &str = "token-signing-key";
 
+/// The secret that keys the hash of client addresses in logs.
+pub const LOG_ADDRESS_KEY: &str = "log-address-key";
+
+/// The secret that keys the audit trail's HMAC chain.
+pub const AUDIT_KEY: &str = "audit-key";
+
 pub type Result<T, E = SecretError> = std::result::Result<T, E>;
 
 /// A secret value in memory. `Debug` never shows it.

@@ -46,10 +46,12 @@ impl MasterKey {
     pub fn from_base64(text: &str, source_name: &str) -> Result<MasterKey> {
         let invalid =
             |reason: &str| SecretError::KeyInvalid { source_name: source_name.to_string(), reason: reason.to_string() };
+        if text.trim().is_empty() {
+            return Err(invalid("it is empty"));
+        }
         let decoded = STANDARD.decode(text.trim()).map_err(|_| invalid("it is not base64 text"))?;
-        let bytes: [u8; KEY_BYTES] = decoded
-            .try_into()
-            .map_err(|_| invalid("it must decode to 32 bytes; `openssl rand -base64 32` makes one"))?;
+        let bytes: [u8; KEY_BYTES] =
+            decoded.try_into().map_err(|_| invalid("it must be the base64 text of exactly 32 bytes"))?;
         Ok(MasterKey::from_bytes(bytes))
     }
 
@@ -67,15 +69,38 @@ impl MasterKey {
         Ok(LessSafeKey::new(unbound))
     }
 
-    /// Writes the key to a new file readable by its owner only.
+    /// Writes the key to a file readable by its owner only, replacing it.
     pub fn write_file(&self, path: &Path) -> Result<()> {
         crate::store::write_private_atomic(path, format!("{}\n", self.to_base64()).as_bytes())
+    }
+
+    /// Writes the key to `path` only if no file is there, and returns the
+    /// key that `path` holds afterwards: this one, or the one another
+    /// process wrote first. The key goes to a uniquely named file that is
+    /// then hard-linked to `path`, which fails rather than replaces.
+    fn create_file(self, path: &Path) -> Result<(MasterKey, bool)> {
+        let mut suffix = [0u8; 8];
+        random_bytes(&mut suffix)?;
+        let unique: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let temporary = sibling(path, &format!("new-{unique}"));
+        crate::store::write_private_atomic(&temporary, format!("{}\n", self.to_base64()).as_bytes())?;
+        let linked = std::fs::hard_link(&temporary, path);
+        let _ = std::fs::remove_file(&temporary);
+        match linked {
+            Ok(()) => Ok((self, true)),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok((MasterKey::read_file(path)?, false)),
+            Err(error) => Err(SecretError::io("cannot create the master key file", path)(error)),
+        }
     }
 
     /// Reads a key file, rejecting one that group or others may read.
     pub fn read_file(path: &Path) -> Result<MasterKey> {
         check_owner_only(path)?;
-        let text = std::fs::read_to_string(path).map_err(SecretError::io("cannot read the master key file", path))?;
+        let bytes = std::fs::read(path).map_err(SecretError::io("cannot read the master key file", path))?;
+        let text = String::from_utf8(bytes).map_err(|_| SecretError::KeyInvalid {
+            source_name: path.display().to_string(),
+            reason: "it is not base64 text".into(),
+        })?;
         MasterKey::from_base64(&text, &path.display().to_string())
     }
 }
@@ -150,13 +175,14 @@ impl KeySource {
                             hint: "copy the master key there, or set LEARNTRAC_MASTER_KEY or master_key_command",
                         });
                     }
-                    let key = MasterKey::generate()?;
-                    key.write_file(path)?;
-                    tracing::warn!(
-                        path = %path.display(),
-                        key_id = key.id(),
-                        "created a new master key; keep a copy apart from the data directory and its backups"
-                    );
+                    let (key, created) = MasterKey::generate()?.create_file(path)?;
+                    if created {
+                        tracing::warn!(
+                            path = %path.display(),
+                            key_id = key.id(),
+                            "created a new master key; keep a copy apart from the data directory and its backups"
+                        );
+                    }
                     return Ok(key);
                 }
                 MasterKey::read_file(path)
@@ -177,7 +203,9 @@ pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
 // NOTE: the command runs without a timeout, so a key service that hangs
 // holds up start-up until the operator stops it.
 fn run_key_command(argv: &[String]) -> Result<MasterKey> {
-    let failed = |reason: String| SecretError::KeyCommand { command: argv.join(" "), reason };
+    // Only the program is named in messages: its arguments may hold a token.
+    let failed =
+        |reason: String| SecretError::KeyCommand { command: argv.first().cloned().unwrap_or_default(), reason };
     let Some((program, args)) = argv.split_first() else {
         return Err(failed("the command is empty".into()));
     };
@@ -188,8 +216,11 @@ fn run_key_command(argv: &[String]) -> Result<MasterKey> {
         .map_err(|error| failed(format!("cannot run it: {error}")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let first_line = stderr.lines().next().unwrap_or_default().to_string();
-        return Err(failed(format!("it exited with {}: {first_line}", output.status)));
+        let reason = match stderr.lines().next().filter(|line| !line.trim().is_empty()) {
+            Some(first_line) => format!("it exited with {}: {first_line}", output.status),
+            None => format!("it exited with {} and printed no error", output.status),
+        };
+        return Err(failed(reason));
     }
     let text = String::from_utf8(output.stdout).map_err(|_| failed("its output is not text".into()))?;
     MasterKey::from_base64(&text, "master_key_command")
@@ -221,6 +252,26 @@ impl KeyRing {
     /// `--master-key-file` option).
     pub fn single(key: MasterKey, source: KeySource) -> KeyRing {
         KeyRing { current: key, next: None, source }
+    }
+
+    /// Adds the key a rotation moves to, so that records already under it
+    /// can be read before the rotation is finished.
+    pub fn with_next(mut self, next: MasterKey) -> KeyRing {
+        if next.id() != self.current.id() {
+            self.next = Some(next);
+        }
+        self
+    }
+
+    /// Rereads a key file source, whose keys another process may have
+    /// rotated since this ring was loaded. Other sources are left as they are.
+    pub fn reload(&mut self) -> Result<()> {
+        if let KeySource::File(_) = &self.source {
+            let fresh = KeyRing::open(self.source.clone(), false)?;
+            self.current = fresh.current;
+            self.next = fresh.next;
+        }
+        Ok(())
     }
 
     pub fn source(&self) -> &KeySource {
@@ -278,6 +329,19 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_creation_agrees_on_one_key() {
+        let path = temp_dir("race").join("master.key");
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| KeySource::File(path.clone()).load(true).expect("key").id().to_string()))
+                .collect();
+            handles.into_iter().map(|handle| handle.join().expect("thread")).collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        assert_eq!(MasterKey::read_file(&path).expect("file").id(), ids[0]);
+    }
+
+    #[test]
     fn missing_file_is_reported() {
         let path = temp_dir("missing").join("master.key");
         let error = KeySource::File(path).load(false).expect_err("missing");
@@ -302,6 +366,8 @@ mod tests {
         let short = KeySource::Environment(SecretString(STANDARD.encode([7u8; 16])));
         let error = short.load(false).expect_err("16 bytes");
         assert!(error.to_string().contains("32 bytes"), "{error}");
+        let empty = KeySource::Environment(SecretString(String::new())).load(false).expect_err("empty");
+        assert!(empty.to_string().contains("it is empty"), "{empty}");
         let good = KeySource::Environment(SecretString(STANDARD.encode([7u8; 32])));
         assert_eq!(good.load(false).expect("32 bytes").id().len(), 16);
     }

@@ -49,8 +49,18 @@ impl std::str::FromStr for Role {
     }
 }
 
-/// Secrets LearnTrac itself keeps, with the role that uses each.
-pub const BUILTIN_GRANTS: &[(Role, &str)] = &[(Role::Idp, crate::TOKEN_SIGNING_KEY)];
+/// Secrets LearnTrac itself keeps, with the roles that use each: the
+/// identity provider signs tokens, the gateway and the identity provider
+/// hash client addresses for the logs, and every role that changes data
+/// appends to the audit trail.
+pub const BUILTIN_GRANTS: &[(Role, &str)] = &[
+    (Role::Idp, crate::TOKEN_SIGNING_KEY),
+    (Role::Gateway, crate::LOG_ADDRESS_KEY),
+    (Role::Idp, crate::LOG_ADDRESS_KEY),
+    (Role::Trac, crate::AUDIT_KEY),
+    (Role::Api, crate::AUDIT_KEY),
+    (Role::Idp, crate::AUDIT_KEY),
+];
 
 /// Which role may read which secret.
 #[derive(Clone, Debug, Default)]

@@ -20,6 +20,10 @@ use crate::{KeyRing, KeySource, MasterKey, Result, SecretError, SecretValue};
 
 const FORMAT: u32 = 1;
 
+/// The largest secret value, in bytes; keys, passwords and tokens are far
+/// smaller, and the whole store is read at every start.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
 #[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct StoreFile {
@@ -126,17 +130,22 @@ impl SecretStore {
 
     /// Stores `value` under `name`, replacing an older value. Returns true
     /// when the name is new.
+    /// The key ring is reread under the lock, so a value stored while
+    /// another process rotates the master key uses the new key.
     pub fn put(&mut self, name: &str, value: &str, now: i64) -> Result<bool> {
         validate_name(name)?;
-        let keys = &self.keys;
-        let (created, file) = modify(&self.path, |file| {
-            let sealed = encrypt_entry(keys, name, value.as_bytes())?;
-            let created_at = file.secrets.get(name).map_or(now, |old| old.created_at);
-            let created =
-                file.secrets.insert(name.to_string(), Entry { created_at, rotated_at: now, ..sealed }).is_none();
-            Ok(created)
-        })?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(SecretError::TooLarge { name: name.to_string(), size: value.len(), max: MAX_VALUE_BYTES });
+        }
+        let lock = lock(&self.path)?;
+        self.keys.reload()?;
+        let mut file = read_store_file(&self.path)?;
+        let sealed = encrypt_entry(&self.keys, name, value.as_bytes())?;
+        let created_at = file.secrets.get(name).map_or(now, |old| old.created_at);
+        let created = file.secrets.insert(name.to_string(), Entry { created_at, rotated_at: now, ..sealed }).is_none();
+        write_store_file(&self.path, &file)?;
         self.file = file;
+        drop(lock);
         Ok(created)
     }
 
@@ -170,15 +179,19 @@ impl SecretStore {
         self.file = read_store_file(&self.path)?;
         let old_key_id = self.keys.current().id().to_string();
 
+        if let Some(given) = &new_key
+            && given.id() == old_key_id
+        {
+            return Err(SecretError::Rotation(format!(
+                "the new key is the current master key {old_key_id}; generate another one"
+            )));
+        }
         match (self.keys.next(), new_key) {
             (Some(next), Some(given)) if next.id() != given.id() => {
-                return Err(SecretError::KeyInvalid {
-                    source_name: "--new-key-file".into(),
-                    reason: format!(
-                        "a rotation to master key {} is unfinished; rerun without --new-key-file to finish it",
-                        next.id()
-                    ),
-                });
+                return Err(SecretError::Rotation(format!(
+                    "a rotation to master key {} is unfinished; finish it first with that key",
+                    next.id()
+                )));
             }
             (Some(_), _) => {}
             (None, given) => {
@@ -186,12 +199,11 @@ impl SecretStore {
                     (Some(key), _) => key,
                     (None, Some(_)) => MasterKey::generate()?,
                     (None, None) => {
-                        return Err(SecretError::KeyInvalid {
-                            source_name: self.keys.source().describe(),
-                            reason: "LearnTrac cannot replace a key it does not hold; \
-                                     give the new key with --new-key-file"
-                                .into(),
-                        });
+                        return Err(SecretError::Rotation(format!(
+                            "the master key comes from {}, which LearnTrac cannot change; \
+                             create the new key in your key service and give it with --new-key-file",
+                            self.keys.source().describe()
+                        )));
                     }
                 };
                 if let Some(path) = self.keys.source().next_key_path() {

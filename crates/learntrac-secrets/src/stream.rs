@@ -188,9 +188,9 @@ impl<R: BufRead> Decryptor<R> {
     /// Reads the header and unwraps the data key with the matching key of
     /// `keys`.
     pub fn new(mut input: R, keys: &KeyRing) -> Result<(Header, Decryptor<R>)> {
-        let (header, header_bytes) = read_header(&mut input).map_err(|e| SecretError::Corrupt(e.to_string()))?;
+        let (header, header_bytes) = read_header(&mut input).map_err(|e| SecretError::Stream(e.to_string()))?;
         let master = keys.find(&header.master_key_id, "the backup")?;
-        let corrupt = || SecretError::Corrupt("LT-BACKUP-TAMPERED: the backup's data key does not decrypt".into());
+        let corrupt = || SecretError::Stream("LT-BACKUP-TAMPERED: the backup's data key does not decrypt".into());
         let wrapped = STANDARD.decode(&header.wrapped_key).map_err(|_| corrupt())?;
         if wrapped.len() < 12 {
             return Err(corrupt());

@@ -121,10 +121,10 @@ async fn upload_book(
 
 async fn delete_book(
     State(state): State<AppState>,
-    StaffApiUser(_): StaffApiUser,
+    StaffApiUser(user): StaffApiUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    service::delete_book(&state, parse_id(&id, "book")?).await?;
+    service::delete_book(&state, parse_id(&id, "book")?, user.user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -80,21 +80,67 @@ fn backend_name(backend: Backend) -> &'static str {
 
 /// Writes an encrypted backup of the data directory of `config` to `out`.
 /// The file appears only once complete; a failed run leaves no file.
-pub async fn create(config: &ServerConfig, out: &Path, now: i64) -> Result<Summary> {
-    let secret_store = secrets::open_store(config, true)?;
+/// An existing `out` is replaced only when `overwrite` is true. `out` may
+/// not be directly in the data directory, where it could replace the
+/// master key or the secrets store.
+pub async fn create(config: &ServerConfig, out: &Path, overwrite: bool, now: i64) -> Result<Summary> {
+    check_output_path(config, out, overwrite)?;
+    let secret_store = secrets::open_store(config, false)?;
+    if secret_store.keys().next().is_some() {
+        bail!("a master-key rotation is unfinished; run `learntrac secret rotate-master-key` again before a backup");
+    }
+    if let Some(path) = sqlite_path(&config.database_url)
+        && !path.exists()
+    {
+        bail!("no database at {}; check --data-dir and database_url", path.display());
+    }
     let database_url = secrets::operator_database_url(config, &secret_store)?;
     let store = Store::open_with(&database_url, &config.pool).await?;
 
-    let partial = partial_path(out);
-    let file = private_file(&partial)?;
-    let result = write_backup(config, &secret_store, &store, file, now).await;
+    let (partial, file) = private_file_beside(out)?;
+    let mut result = write_backup(config, &secret_store, &store, file, now).await;
     store.close().await;
+    if result.is_ok() {
+        result = std::fs::rename(&partial, out).with_context(|| format!("cannot move the backup to {}", out.display()));
+    }
     if let Err(error) = result {
         let _ = std::fs::remove_file(&partial);
         return Err(error);
     }
-    std::fs::rename(&partial, out).with_context(|| format!("cannot move the backup to {}", out.display()))?;
     verify(out, secret_store.keys())
+}
+
+fn check_output_path(config: &ServerConfig, out: &Path, overwrite: bool) -> Result<()> {
+    if out.is_dir() || out.as_os_str().to_string_lossy().ends_with('/') {
+        bail!("--out {} is a directory; name the backup file, such as {}/learntrac.ltb", out.display(), out.display());
+    }
+    let parent = match out.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let parent =
+        parent.canonicalize().with_context(|| format!("the directory of --out {} does not exist", out.display()))?;
+    if let Ok(data_dir) = config.data_dir.canonicalize()
+        && parent == data_dir
+    {
+        bail!(
+            "--out {} is directly in the data directory, beside the files it must not replace; \
+             write backups to backup_dir ({}) or elsewhere",
+            out.display(),
+            config.backup_dir.display()
+        );
+    }
+    if out.exists() && !overwrite {
+        bail!("{} already exists; choose another name, or add --force to replace it", out.display());
+    }
+    Ok(())
+}
+
+/// The SQLite file a `sqlite:` URL names, if it names one.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:") && !path.starts_with("file:")).then(|| PathBuf::from(path))
 }
 
 async fn write_backup(
@@ -133,15 +179,20 @@ fn write_line(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<(
     out.write_all(b"\n")
 }
 
-fn partial_path(out: &Path) -> PathBuf {
+/// Creates a new file beside `out` with a random name, mode 0600, failing
+/// rather than opening anything already there (a file, or a link another
+/// user planted).
+fn private_file_beside(out: &Path) -> Result<(PathBuf, File)> {
     let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".partial");
-    out.with_file_name(name)
+    name.push(format!(".{}.partial", crate::random_token(6)));
+    let path = out.with_file_name(name);
+    let file = private_file(&path)?;
+    Ok((path, file))
 }
 
 fn private_file(path: &Path) -> Result<File> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path).with_context(|| format!("cannot create {}", path.display()))
@@ -165,6 +216,9 @@ fn parse_line(text: &str) -> std::io::Result<Line> {
 
 /// Decrypts and checks the whole backup without restoring it.
 pub fn verify(path: &Path, keys: &KeyRing) -> Result<Summary> {
+    if !path.is_file() {
+        bail!("{} is not a file; name a backup file", path.display());
+    }
     let (header, lines) = open_lines(path, keys)?;
     let mut summary =
         Summary { created_at: header.created_at, master_key_id: header.master_key_id, ..Summary::default() };
@@ -247,7 +301,16 @@ pub async fn restore(config: &ServerConfig, path: &Path) -> Result<Summary> {
         .context("restoring needs the master key the backup was made under")?;
     let summary = verify(path, &keys)?;
 
+    // A SQLite database that the restore creates is removed with the other
+    // files it wrote if the restore fails.
     let mut written = Vec::new();
+    if let Some(database) = sqlite_path(&config.database_url)
+        && !database.exists()
+    {
+        for suffix in ["", "-wal", "-shm"] {
+            written.push(PathBuf::from(format!("{}{suffix}", database.display())));
+        }
+    }
     let result = restore_checked(config, path, keys, &summary, &mut written).await;
     if result.is_err() {
         for file in written {

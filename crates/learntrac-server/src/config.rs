@@ -45,6 +45,16 @@ pub struct ServerConfig {
     /// Whether the token endpoint accepts `grant_type=password`.
     pub password_grant: bool,
     pub egress: crate::egress::EgressSettings,
+    pub logs: crate::logs::LogSettings,
+    /// How client addresses appear in logs and alerts.
+    pub log_client_address: crate::logs::mask::AddressMode,
+    /// Address of the Prometheus metrics listener; `None` turns it off.
+    pub metrics_listen: Option<SocketAddr>,
+    pub alerts: crate::alerts::AlertSettings,
+    /// Where `learntrac check` looks for backups.
+    pub backup_dir: PathBuf,
+    /// Age after which `learntrac check` calls the newest backup too old.
+    pub backup_max_age_hours: i64,
 }
 
 /// Shows the settings with the database password hidden.
@@ -89,6 +99,12 @@ impl ServerConfig {
             production: false,
             password_grant: true,
             egress: crate::egress::EgressSettings::default(),
+            logs: crate::logs::LogSettings::for_data_dir(&data_dir_for_key),
+            log_client_address: crate::logs::mask::AddressMode::Hash,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            alerts: crate::alerts::AlertSettings::default(),
+            backup_dir: data_dir_for_key.join("backups"),
+            backup_max_age_hours: 26,
         }
     }
 }

@@ -27,6 +27,10 @@ struct RequestContext {
     id: String,
     /// The authenticated user's id, 0 until a token has been accepted.
     user_id: std::sync::atomic::AtomicI64,
+    /// The role that serves the request, which is also its log group.
+    role: &'static str,
+    /// The client's address, unmasked, for the audit trail.
+    client: Option<std::net::IpAddr>,
 }
 
 tokio::task_local! {
@@ -36,6 +40,17 @@ tokio::task_local! {
 /// Returns the id of the request being handled, or "-" outside a request.
 pub fn current_request_id() -> String {
     REQUEST.try_with(|r| r.id.clone()).unwrap_or_else(|_| "-".to_string())
+}
+
+/// Returns the role serving the request being handled, if any.
+pub fn current_role() -> Option<&'static str> {
+    REQUEST.try_with(|r| r.role).ok()
+}
+
+/// Returns the id and client address of the request being handled, or
+/// empty strings outside a request.
+pub fn current_request_origin() -> (String, String) {
+    REQUEST.try_with(|r| (r.id.clone(), r.client.map(|ip| ip.to_string()).unwrap_or_default())).unwrap_or_default()
 }
 
 /// Records the authenticated user of the request being handled, for the
@@ -54,7 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health))
         .fallback(page_not_found)
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_JSON_BYTES))
-        .layer(middleware::from_fn(gateway_layer))
+        .layer(middleware::from_fn_with_state(state.clone(), gateway_layer))
         .with_state(state)
 }
 
@@ -72,15 +87,19 @@ async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Assigns the request id, logs the request and adds security headers.
-async fn gateway_layer(request: Request, next: Next) -> Response {
+/// Assigns the request id, logs the request, adds security headers and
+/// feeds the metrics and the alert rules.
+async fn gateway_layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = crate::random_token(9);
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let role = role_of(&path);
+    let client =
+        request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|connect| connect.0.ip());
 
-    let context = RequestContext { id: request_id.clone(), user_id: std::sync::atomic::AtomicI64::new(0) };
+    let context =
+        RequestContext { id: request_id.clone(), user_id: std::sync::atomic::AtomicI64::new(0), role, client };
     let (mut response, user_id) = REQUEST
         .scope(context, async {
             let response = next.run(request).await;
@@ -97,9 +116,26 @@ async fn gateway_layer(request: Request, next: Next) -> Response {
         headers.entry(*name).or_insert(HeaderValue::from_static(value));
     }
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let latency_ms = elapsed * 1000.0;
     let user_id = (user_id != 0).then_some(user_id);
-    tracing::info!(target: "learntrac::access", role, %method, path, status, latency_ms, request_id, user_id, "request");
+    let bytes = axum::body::HttpBody::size_hint(response.body()).exact();
+    let client = client.map(|ip| state.masker.mask(ip)).unwrap_or_else(|| "-".to_string());
+    tracing::info!(
+        target: "learntrac::access",
+        role,
+        client,
+        %method,
+        path,
+        status,
+        bytes,
+        latency_ms,
+        request_id,
+        user_id,
+        "request"
+    );
+    state.metrics.observe_request(&crate::metrics::route_label(&path, status), method.as_str(), status, elapsed);
+    state.alerts.observe_response(&state, &client, status, state.now());
     response
 }
 

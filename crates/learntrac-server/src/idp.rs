@@ -21,7 +21,7 @@ use crate::password;
 
 /// Password checks allowed per client address and minute, on the token
 /// endpoint, the sign-in form and the change-password form together.
-const SIGN_IN_LIMIT: u32 = 30;
+pub const SIGN_IN_LIMIT: u32 = 30;
 
 pub fn routes() -> Router<AppState> {
     let forms = Router::new()
@@ -220,7 +220,12 @@ async fn token_response(state: &AppState, user: &User) -> Result<serde_json::Val
 /// Counts a password check for `peer` against the sign-in limit, which the
 /// token endpoint, the sign-in form and the change-password form share.
 fn limit_sign_in(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
-    state.limiter.check(&format!("sign-in:{}", peer.ip()), SIGN_IN_LIMIT, Duration::from_secs(60), Instant::now())
+    let result =
+        state.limiter.check(&format!("sign-in:{}", peer.ip()), SIGN_IN_LIMIT, Duration::from_secs(60), Instant::now());
+    if result.is_err() {
+        state.metrics.observe_rate_limited("sign-in");
+    }
+    result
 }
 
 /// Verifies a password with the same work whether or not the account
@@ -240,14 +245,25 @@ async fn check_credentials(
         .await
         .map_err(|e| anyhow::anyhow!("password check task failed: {e}"))?;
     let reason = match (&user, matched) {
-        (None, _) => Some("unknown account"),
-        (Some(_), false) => Some("wrong password"),
-        (Some(u), true) if u.disabled => Some("account disabled"),
+        (None, _) => Some("unknown_account"),
+        (Some(_), false) => Some("wrong_password"),
+        (Some(u), true) if u.disabled => Some("account_disabled"),
         _ => None,
     };
+    let client = state.masker.mask(peer.ip());
     if let Some(reason) = reason {
-        tracing::warn!(target: "learntrac::security", ip = %peer.ip(), purpose, reason, "password check failed");
+        tracing::warn!(target: "learntrac::security", client, purpose, reason, "password check failed");
+        state.metrics.observe_sign_in(reason);
+        if let Some(user) = &user {
+            state.alerts.observe_failed_sign_in(state, user.id, state.now());
+        }
         return Ok(None);
+    }
+    state.metrics.observe_sign_in("success");
+    if let Some(user) = &user
+        && let Err(error) = crate::alerts::check_admin_address(state, user, &client).await
+    {
+        tracing::error!(user_id = user.id, error = format!("{error:#}"), "cannot check the sign-in address");
     }
     Ok(user)
 }
@@ -431,6 +447,9 @@ async fn change_password(
     let token_version = state.store.set_password(user.id, &hash).await?;
     state.revocations.clear();
     tracing::info!(target: "learntrac::security", user_id = user.id, "password changed");
+    let target = format!("user:{}", user.id);
+    crate::audit::record(&state, crate::audit::Actor::User(user.id), "user.password_change", &target, "success", "")
+        .await;
     let updated = User { must_change_password: false, token_version, ..user };
     session_response(&state, &updated, "/")
 }

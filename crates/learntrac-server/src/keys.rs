@@ -52,12 +52,13 @@ impl SigningKeys {
 
 /// Puts a token-signing key into the store if it has none: the PEM file
 /// that older versions kept in `DATA_DIR/keys` (deleted once stored, so
-/// tokens signed with it stay valid), or a new key.
+/// tokens signed with it stay valid), or a new key. Returns true when it
+/// added one.
 // TODO: rotate the signing key by command, keeping the old one in the JWKS
 // until its tokens expire.
-pub fn ensure_signing_key(store: &mut SecretStore, data_dir: &Path, now: i64) -> Result<()> {
+pub fn ensure_signing_key(store: &mut SecretStore, data_dir: &Path, now: i64) -> Result<bool> {
     if store.contains(TOKEN_SIGNING_KEY) {
-        return Ok(());
+        return Ok(false);
     }
     let legacy = data_dir.join("keys").join("token-signing.pem");
     if legacy.exists() {
@@ -67,14 +68,14 @@ pub fn ensure_signing_key(store: &mut SecretStore, data_dir: &Path, now: i64) ->
         store.put(TOKEN_SIGNING_KEY, &pem_text, now)?;
         std::fs::remove_file(&legacy).with_context(|| format!("cannot remove {}", legacy.display()))?;
         tracing::info!(path = %legacy.display(), "moved the token-signing key into the secrets store");
-        return Ok(());
+        return Ok(true);
     }
     let key = KeyPair::generate(KeySize::Rsa2048)
         .map_err(|_| anyhow::anyhow!("LT-KEY-GENERATE: RSA key generation failed"))?;
     let der = key.as_der().map_err(|_| anyhow::anyhow!("LT-KEY-GENERATE: cannot encode the RSA key"))?;
     store.put(TOKEN_SIGNING_KEY, &pem("PRIVATE KEY", der.as_ref()), now)?;
     tracing::info!(secret = TOKEN_SIGNING_KEY, "generated the token-signing key in the secrets store");
-    Ok(())
+    Ok(true)
 }
 
 fn pem(label: &str, der: &[u8]) -> String {

@@ -1,9 +1,12 @@
 //! LearnTrac's roles in one library: the TLS gateway in front, the trac
 //! pages, the JSON API and the identity provider behind it.
 
+pub mod alerts;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod compliance;
 pub mod config;
 pub mod egress;
 pub mod error;
@@ -11,11 +14,14 @@ pub mod gateway;
 pub mod graph;
 pub mod idp;
 pub mod keys;
+pub mod logs;
+pub mod metrics;
 pub mod pages;
 pub mod password;
 pub mod production;
 pub mod secrets;
 pub mod service;
+pub mod time;
 pub mod tls;
 pub mod wiki;
 
@@ -40,6 +46,12 @@ pub struct AppInner {
     pub revocations: auth::RevocationCache,
     pub verified_tokens: auth::VerifiedTokens,
     pub wiki_cache: pages::WikiCache,
+    /// Masks client addresses for logs and alerts.
+    pub masker: logs::mask::AddressMasker,
+    pub metrics: metrics::Metrics,
+    pub alerts: alerts::Alerts,
+    /// HMAC key of the audit chain.
+    pub audit_key: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -59,14 +71,31 @@ impl AppState {
     /// search index from the stored chunks.
     pub async fn open(config: ServerConfig) -> Result<AppState> {
         let mut secret_store = secrets::open_store(&config, true)?;
-        keys::ensure_signing_key(&mut secret_store, &config.data_dir, unix_now())?;
+        let key_created = keys::ensure_signing_key(&mut secret_store, &config.data_dir, unix_now())?;
+        let mut generated = secrets::ensure_generated_secrets(&mut secret_store, unix_now())?;
+        if key_created {
+            generated.push(learntrac_secrets::TOKEN_SIGNING_KEY);
+        }
         let secrets = secrets::Secrets::new(secret_store, &config)?;
         let keys = keys::SigningKeys::load(&secrets.role(learntrac_secrets::Role::Idp))?;
+        let gateway_secrets = secrets.role(learntrac_secrets::Role::Gateway);
+        let address_key = gateway_secrets.get(learntrac_secrets::LOG_ADDRESS_KEY)?;
+        let masker = logs::mask::AddressMasker::new(config.log_client_address, address_key.expose().as_bytes());
+        let audit_key = secrets.role(learntrac_secrets::Role::Api).get(learntrac_secrets::AUDIT_KEY)?;
+        let alerts = alerts::Alerts::new(config.alerts.clone(), &config.egress)?;
 
         let database_url = secrets.database_url(&config, secrets::DATABASE_ROLES)?;
         let store = Store::open_with(&database_url, &config.pool).await?;
+        restrict_sqlite_files(&config.database_url);
+        if let Some(mode) = loose_mode(&config.data_dir) {
+            tracing::warn!(
+                data_dir = %config.data_dir.display(),
+                mode = format!("{mode:04o}"),
+                "other users may read the data directory; run chmod 700 on it"
+            );
+        }
         let index = service::load_index(&store).await?;
-        Ok(AppState(Arc::new(AppInner {
+        let state = AppState(Arc::new(AppInner {
             store,
             keys,
             secrets,
@@ -76,7 +105,21 @@ impl AppState {
             revocations: auth::RevocationCache::default(),
             verified_tokens: auth::VerifiedTokens::default(),
             wiki_cache: pages::WikiCache::default(),
-        })))
+            masker,
+            metrics: metrics::Metrics::default(),
+            alerts,
+            audit_key: audit_key.expose().as_bytes().to_vec(),
+        }));
+        state.recording_generated(generated).await
+    }
+
+    /// Records each secret LearnTrac generated at start-up in the audit trail.
+    async fn recording_generated(self, generated: Vec<&'static str>) -> Result<AppState> {
+        for name in generated {
+            audit::record(&self, audit::Actor::System, "secret.generate", &format!("secret:{name}"), "success", "")
+                .await;
+        }
+        Ok(self)
     }
 
     /// Returns the current time in Unix seconds.
@@ -128,6 +171,42 @@ pub fn ensure_data_dir(path: &Path) -> Result<()> {
             .with_context(|| format!("cannot restrict the permissions of {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Returns the mode of `path` if group or others have any access to it.
+pub fn loose_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Makes a SQLite database and its journal files readable by their owner
+/// only; SQLite creates them with the process's umask.
+fn restrict_sqlite_files(database_url: &str) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(rest) = database_url.strip_prefix("sqlite://") else { return };
+        let path = rest.split('?').next().unwrap_or_default();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{path}{suffix}");
+            if std::path::Path::new(&file).exists()
+                && let Err(error) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+            {
+                tracing::warn!(file, %error, "cannot restrict the permissions of a database file");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = database_url;
 }
 
 /// Checks an email address for the user pool: one '@', a local part of

@@ -109,18 +109,8 @@ pub fn escape(text: &str) -> String {
 
 /// Formats Unix seconds as "YYYY-MM-DD HH:MM UTC".
 pub fn format_time(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
+    let (year, month, day) = crate::time::civil_from_days(unix.div_euclid(86_400));
     let seconds = unix.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", seconds / 3600, seconds % 3600 / 60)
 }
 
@@ -306,6 +296,10 @@ async fn save_wiki_page(
     valid_page_name(&name)?;
     state.store.save_wiki_page(&name, &form.text, Some(user.user_id), state.now()).await?;
     state.wiki_cache.forget(&name);
+    let details = format!("{} bytes", form.text.len());
+    let target = format!("wiki:{name}");
+    crate::audit::record(&state, crate::audit::Actor::User(user.user_id), "wiki.update", &target, "success", &details)
+        .await;
     Ok(Redirect::to(&format!("/wiki/{name}")).into_response())
 }
 

@@ -30,29 +30,60 @@ const DEVELOPMENT_VALUES: &[&str] = &[
 
 const MIN_SECRET_LEN: usize = 12;
 
+/// Words that mark a value as typed by hand for a test, wherever they
+/// appear in it, compared without case.
+const DEVELOPMENT_WORDS: &[&str] = &["changeme", "password", "letmein", "qwerty", "123456", "learntrac"];
+
+/// A secret made of fewer distinct characters than this is a placeholder.
+const MIN_DISTINCT_CHARS: usize = 6;
+
+/// A failed check: the control it belongs to and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// `certificate`, `master_key`, `administrators`, `database_tls`,
+    /// `mfa_admins` or `secrets`.
+    pub control: &'static str,
+    pub message: String,
+}
+
+fn tagged(control: &'static str, messages: Vec<String>) -> impl Iterator<Item = Problem> {
+    messages.into_iter().map(move |message| Problem { control, message })
+}
+
 /// Runs every check and returns the problems found, empty when the
 /// configuration is fit for production.
-pub async fn problems(config: &ServerConfig, secrets: &SecretStore, store: &Store, now: i64) -> Vec<String> {
+pub async fn problems(config: &ServerConfig, secrets: &SecretStore, store: &Store, now: i64) -> Vec<Problem> {
     let mut problems = Vec::new();
-    certificate_problems(config, now, &mut problems);
+    let mut certificate = Vec::new();
+    certificate_problems(config, now, &mut certificate);
+    problems.extend(tagged("certificate", certificate));
     if let KeySource::File(path) = &config.master_key
         && let Err(error) = learntrac_secrets::check_owner_only(path)
     {
-        problems.push(error.to_string());
+        problems.extend(tagged("master_key", vec![error.to_string()]));
     }
-    match administrator_problems(store).await {
-        Ok(found) => problems.extend(found),
-        Err(error) => problems.push(format!("cannot read the user pool: {error}")),
-    }
-    problems.extend(database_problems(config));
-    if config.password_grant {
-        problems.push(
-            "password_grant is on, and LearnTrac cannot yet require multi-factor authentication for admins; \
-             set password_grant = false in learntrac.toml (browsers sign in at /login)"
-                .to_string(),
+    if let Some(mode) = crate::loose_mode(&config.data_dir) {
+        let message = format!(
+            "the data directory {} has mode {mode:04o}, so other users may read the database; run `chmod 700 {}`",
+            config.data_dir.display(),
+            config.data_dir.display()
         );
+        problems.extend(tagged("data_dir", vec![message]));
     }
-    problems.extend(secret_problems(secrets));
+    let administrators = match administrator_problems(store).await {
+        Ok(found) => found,
+        Err(error) => vec![format!("cannot read the user pool: {error}")],
+    };
+    problems.extend(tagged("administrators", administrators));
+    let (database_tls, database_secrets) = database_problems(config);
+    problems.extend(tagged("database_tls", database_tls));
+    if config.password_grant {
+        let message = "password_grant is on, and LearnTrac cannot yet require multi-factor authentication for admins; \
+                       set password_grant = false in learntrac.toml (browsers sign in at /login)";
+        problems.extend(tagged("mfa_admins", vec![message.to_string()]));
+    }
+    problems.extend(tagged("secrets", database_secrets));
+    problems.extend(tagged("secrets", secret_problems(secrets)));
     problems
 }
 
@@ -67,6 +98,20 @@ fn certificate_problems(config: &ServerConfig, now: i64, problems: &mut Vec<Stri
     };
     match read_leaf(cert_path) {
         Ok(leaf) => {
+            if leaf.development {
+                problems.push(format!(
+                    "TLS certificate {} is the development one, issued by LearnTrac's local CA; \
+                     use one issued by your certificate authority",
+                    cert_path.display()
+                ));
+            }
+            if leaf.not_before > now {
+                problems.push(format!(
+                    "TLS certificate {} is not valid before {}; check the certificate and the clock",
+                    cert_path.display(),
+                    crate::time::format_rfc3339(leaf.not_before)
+                ));
+            }
             if leaf.self_signed {
                 problems.push(format!(
                     "TLS certificate {} is self-signed; use one issued by a certificate authority",
@@ -75,9 +120,9 @@ fn certificate_problems(config: &ServerConfig, now: i64, problems: &mut Vec<Stri
             }
             if leaf.not_after < now {
                 problems.push(format!(
-                    "TLS certificate {} expired at Unix time {}; renew it",
+                    "TLS certificate {} expired at {}; renew it",
                     cert_path.display(),
-                    leaf.not_after
+                    crate::time::format_rfc3339(leaf.not_after)
                 ));
             }
         }
@@ -97,44 +142,51 @@ async fn administrator_problems(store: &Store) -> learntrac_store::Result<Vec<St
         .users_with_one_time_password()
         .await?
         .into_iter()
-        .map(|email| format!("user {email} still has a first-start one-time password; sign in at /login and change it"))
+        .map(|email| {
+            format!(
+                "user {email} still has a first-start one-time password; replace it with \
+                 `learntrac user set-password --email {email} --password-stdin`"
+            )
+        })
         .collect())
 }
 
-fn database_problems(config: &ServerConfig) -> Vec<String> {
+/// Problems of the database connection: (transport, credentials).
+fn database_problems(config: &ServerConfig) -> (Vec<String>, Vec<String>) {
     let url = &config.database_url;
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Vec::new();
-    }
-    let mut problems = Vec::new();
+    let target = match learntrac_store::postgres_target(url) {
+        Ok(Some(target)) => target,
+        Ok(None) => return (Vec::new(), Vec::new()),
+        Err(error) => return (vec![format!("database_url is invalid: {error}")], Vec::new()),
+    };
+    let mut credentials = Vec::new();
     let (authority, query) = split_url(url);
-    if let Some((userinfo, _)) = authority.split_once('@')
-        && let Some((_, password)) = userinfo.split_once(':')
-    {
-        problems.push(
+    let inline_password = authority.split_once('@').and_then(|(userinfo, _)| userinfo.split_once(':')).map(|(_, p)| p);
+    let query_password = query_param(query, "password");
+    if let Some(password) = inline_password.or(query_password) {
+        credentials.push(
             "database_url contains the database password in the clear; \
              store it with `learntrac secret put NAME` and set database_password = \"secret:NAME\""
                 .to_string(),
         );
         if is_development_value(password) {
-            problems.push("the database password in database_url is a development value".to_string());
+            credentials.push("the database password in database_url is a development value".to_string());
         }
     }
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    let host = query_param(query, "host").unwrap_or(host);
-    let local = host.is_empty()
-        || host.starts_with('/')
-        || ["localhost", "127.0.0.1", "[::1]"]
-            .iter()
-            .any(|name| host == *name || host.starts_with(&format!("{name}:")));
-    let verified = matches!(query_param(query, "sslmode"), Some("verify-full" | "verify-ca"));
-    if !local && !verified {
-        problems.push(format!(
-            "the database at {host} is remote and its connection is not verified TLS; \
-             add sslmode=verify-full&sslrootcert=CA_FILE to database_url"
+    let mut transport = Vec::new();
+    if !target.local && !target.verified_tls {
+        transport.push(format!(
+            "the database at {} is remote and its connection is not verified TLS; \
+             add sslmode=verify-full&sslrootcert=CA_FILE to database_url",
+            target.host
         ));
     }
-    problems
+    (transport, credentials)
+}
+
+/// Whether `database_url` names a database on another machine.
+pub fn database_is_remote(config: &ServerConfig) -> bool {
+    matches!(learntrac_store::postgres_target(&config.database_url), Ok(Some(target)) if !target.local)
 }
 
 /// Splits `scheme://authority/path?query` into the authority and the query.
@@ -167,7 +219,12 @@ fn secret_problems(secrets: &SecretStore) -> Vec<String> {
 
 fn is_development_value(value: &str) -> bool {
     let value = value.trim();
-    value.chars().count() < MIN_SECRET_LEN || DEVELOPMENT_VALUES.iter().any(|known| value.eq_ignore_ascii_case(known))
+    let lower = value.to_lowercase();
+    let distinct: std::collections::BTreeSet<char> = value.chars().collect();
+    value.chars().count() < MIN_SECRET_LEN
+        || distinct.len() < MIN_DISTINCT_CHARS
+        || DEVELOPMENT_VALUES.iter().any(|known| value.eq_ignore_ascii_case(known))
+        || DEVELOPMENT_WORDS.iter().any(|word| lower.contains(word))
 }
 
 /// The facts about the server certificate that production mode checks.
@@ -175,6 +232,10 @@ fn is_development_value(value: &str) -> bool {
 pub struct LeafCertificate {
     /// The issuer equals the subject.
     pub self_signed: bool,
+    /// The issuer is the local CA that LearnTrac generates for development.
+    pub development: bool,
+    /// Start of validity, Unix seconds.
+    pub not_before: i64,
     /// End of validity, Unix seconds.
     pub not_after: i64,
 }
@@ -228,9 +289,15 @@ mod der {
         let (0x30, issuer, rest) = read(rest)? else { return None };
         let (0x30, validity, rest) = read(rest)? else { return None };
         let (0x30, subject, _) = read(rest)? else { return None };
-        let (_, _not_before, after) = read(validity)?;
-        let (tag, not_after, _) = read(after)?;
-        Some(LeafCertificate { self_signed: issuer == subject, not_after: parse_time(tag, not_after)? })
+        let (before_tag, not_before, after) = read(validity)?;
+        let (after_tag, not_after, _) = read(after)?;
+        let local_ca = crate::tls::LOCAL_CA_NAME.as_bytes();
+        Some(LeafCertificate {
+            self_signed: issuer == subject,
+            development: issuer.windows(local_ca.len()).any(|window| window == local_ca),
+            not_before: parse_time(before_tag, not_before)?,
+            not_after: parse_time(after_tag, not_after)?,
+        })
     }
 
     /// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
@@ -247,18 +314,7 @@ mod der {
         let field = |range: std::ops::Range<usize>| rest.get(range).and_then(|s| s.parse::<i64>().ok());
         let (month, day, hour, minute, second) =
             (field(0..2)?, field(2..4)?, field(4..6)?, field(6..8)?, field(8..10)?);
-        Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
-    }
-
-    /// Days since 1970-01-01 of a proleptic Gregorian date.
-    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-        let year = if month <= 2 { year - 1 } else { year };
-        let era = year.div_euclid(400);
-        let year_of_era = year - era * 400;
-        let month_index = (month + 9) % 12;
-        let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-        era * 146_097 + day_of_era - 719_468
+        Some(crate::time::days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
     }
 
     #[cfg(test)]
@@ -325,20 +381,23 @@ mod tests {
     fn remote_database_needs_verified_tls() {
         let mut config = ServerConfig::with_data_dir("/tmp/x".into());
         config.database_url = "postgres://lt@db.example.org/lt".into();
-        assert_eq!(database_problems(&config).len(), 1);
+        assert_eq!(database_problems(&config).0.len(), 1);
+        assert!(database_is_remote(&config));
         config.database_url = "postgres://lt@db.example.org/lt?sslmode=require".into();
-        assert_eq!(database_problems(&config).len(), 1);
+        assert_eq!(database_problems(&config).0.len(), 1);
         config.database_url = "postgres://lt@db.example.org/lt?sslmode=verify-full&sslrootcert=/etc/ca.pem".into();
-        assert!(database_problems(&config).is_empty());
+        assert!(database_problems(&config).0.is_empty());
         config.database_url = "postgres://lt@localhost:5432/lt".into();
-        assert!(database_problems(&config).is_empty());
+        assert!(database_problems(&config).0.is_empty());
+        assert!(!database_is_remote(&config));
     }
 
     #[test]
     fn inline_database_password_is_a_problem() {
         let mut config = ServerConfig::with_data_dir("/tmp/x".into());
         config.database_url = "postgres://lt:learntrac-ci@127.0.0.1/lt".into();
-        let problems = database_problems(&config);
+        let (transport, problems) = database_problems(&config);
+        assert!(transport.is_empty(), "{transport:?}");
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("in the clear"));
         assert!(problems[1].contains("development value"));

@@ -13,13 +13,45 @@ use crate::ServerConfig;
 pub const DATABASE_ROLES: &[Role] = &[Role::Trac, Role::Api, Role::Idp];
 
 /// Opens the secrets store of the data directory. A missing master key
-/// file is created, unless the key must come from the environment or a
-/// command, or `create_key` is false (a restore needs the original key).
+/// file is created only when `create_key` is true and the store does not
+/// exist yet: a store without its key needs the original key back, never
+/// a new one. Keys from the environment or a command are never created.
 pub fn open_store(config: &ServerConfig, create_key: bool) -> Result<SecretStore> {
-    crate::ensure_data_dir(&config.data_dir)?;
-    let create = create_key && matches!(config.master_key, KeySource::File(_));
-    let keys = KeyRing::open(config.master_key.clone(), create)?;
+    open_store_with_next(config, create_key, None)
+}
+
+/// Like [`open_store`], with the key a rotation moves to, so that a
+/// rotation of a key from the environment or a command can be finished.
+pub fn open_store_with_next(
+    config: &ServerConfig,
+    create_key: bool,
+    next: Option<learntrac_secrets::MasterKey>,
+) -> Result<SecretStore> {
+    if create_key {
+        crate::ensure_data_dir(&config.data_dir)?;
+    } else if !config.data_dir.is_dir() {
+        bail!("the data directory {} does not exist; check --data-dir", config.data_dir.display());
+    }
+    let store_exists = config.data_dir.join(SecretStore::FILE_NAME).exists();
+    let create = create_key && !store_exists && matches!(config.master_key, KeySource::File(_));
+    let mut keys = KeyRing::open(config.master_key.clone(), create)?;
+    if let Some(next) = next {
+        keys = keys.with_next(next);
+    }
     Ok(SecretStore::open(&config.data_dir, keys)?)
+}
+
+/// Creates the secrets LearnTrac generates for itself (the audit key and
+/// the log address key) if they are missing. Returns the names created.
+pub fn ensure_generated_secrets(store: &mut SecretStore, now: i64) -> Result<Vec<&'static str>> {
+    let mut created = Vec::new();
+    for name in [learntrac_secrets::AUDIT_KEY, learntrac_secrets::LOG_ADDRESS_KEY] {
+        if !store.contains(name) {
+            store.put(name, &crate::random_token(32), now)?;
+            created.push(name);
+        }
+    }
+    Ok(created)
 }
 
 /// The opened store with the policy that rules it.

@@ -9,9 +9,9 @@ use learntrac_core::search::{Hit, Index, Passage, embedding_text};
 use learntrac_core::{embed, grade, ingest, path};
 use learntrac_store::{Answer, BookRecord, NewAnswer, NewChunk, NewTicket, PathRecord, Store, Ticket, TicketStatus};
 
-use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
+use crate::{AppState, audit};
 
 /// Most passages a search returns.
 pub const MAX_PASSAGES: usize = 20;
@@ -98,6 +98,9 @@ pub async fn ingest_book(
     let record = state.store.insert_book(&book, file_name, &content_hash, &chunks, created_by, state.now()).await?;
     reload_index(state).await?;
     tracing::info!(book_id = record.id, title = %record.title, sections = record.sections, chunks = record.chunks, "book ingested");
+    let actor = created_by.map_or(audit::Actor::Cli, audit::Actor::User);
+    let details = format!("{file_name}: {} sections, {} passages", record.sections, record.chunks);
+    audit::record(state, actor, "book.create", &format!("book:{}", record.id), "success", &details).await;
     Ok(record)
 }
 
@@ -108,13 +111,15 @@ async fn reload_index(state: &AppState) -> ApiResult<()> {
     Ok(())
 }
 
-/// Deletes a book and removes its passages from the index.
-pub async fn delete_book(state: &AppState, id: i64) -> ApiResult<()> {
+/// Deletes a book and removes its passages from the index; `actor_id` is
+/// the user who asked.
+pub async fn delete_book(state: &AppState, id: i64, actor_id: i64) -> ApiResult<()> {
     if !state.store.delete_book(id).await? {
         return Err(ApiError::NotFound(format!("book {id}")));
     }
     reload_index(state).await?;
     tracing::info!(book_id = id, "book deleted");
+    audit::record(state, audit::Actor::User(actor_id), "book.delete", &format!("book:{id}"), "success", "").await;
     Ok(())
 }
 
@@ -235,6 +240,9 @@ pub async fn create_path(
         .collect();
     let record = state.store.create_path(owner.user_id, goal, &subject, &tickets, state.now()).await?;
     tracing::info!(path_id = record.id, user_id = owner.user_id, tickets = record.tickets.len(), "path created");
+    let details = format!("{} tickets", record.tickets.len());
+    let target = format!("path:{}", record.id);
+    audit::record(state, audit::Actor::User(owner.user_id), "path.create", &target, "success", &details).await;
     Ok(record)
 }
 
@@ -288,6 +296,9 @@ pub async fn answer(
         .await?;
     // A mastered ticket stays mastered after a weaker answer.
     let final_status = if ticket.status == TicketStatus::Mastered { TicketStatus::Mastered } else { status };
+    let details = format!("answer {} scored {:.2}", stored.id, stored.score);
+    let target = format!("ticket:{ticket_id}");
+    audit::record(state, audit::Actor::User(user.user_id), "answer.create", &target, "success", &details).await;
     Ok((stored, graded.mastered(), final_status))
 }
 

@@ -11,6 +11,10 @@ use rcgen::{
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
+/// The common name of the development CA; production mode rejects
+/// certificates it issued.
+pub const LOCAL_CA_NAME: &str = "LearnTrac local CA";
+
 /// Files written under `DATA_DIR/tls` when no certificate is configured.
 pub struct GeneratedFiles {
     /// The local CA certificate, for clients to trust (`curl --cacert`).
@@ -73,7 +77,7 @@ fn generate(files: &GeneratedFiles, hostnames: &[String]) -> Result<()> {
 
     let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
     let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name.push(DnType::CommonName, "LearnTrac local CA");
+    ca_params.distinguished_name.push(DnType::CommonName, LOCAL_CA_NAME);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca_params.self_signed(&ca_key).context("cannot sign the CA certificate")?;

@@ -3,12 +3,16 @@
 //! `$1`, `$2` …, times are Unix seconds and flags are 0 or 1. Only this
 //! crate runs SQL.
 
+mod alerts;
+mod audit;
 mod dump;
 mod learning;
 mod library;
 mod users;
 mod wiki;
 
+pub use alerts::{AlertRecord, Raised};
+pub use audit::{AuditEntry, AuditFilter, AuditRecord, AuditVerification};
 pub use dump::{DumpLine, DumpValue, TABLES};
 pub use learning::{Answer, NewAnswer, NewTicket, PathRecord, PathSummary, Ticket, TicketStatus};
 pub use library::{BookRecord, NewChunk, SectionRecord, StoredChunk};
@@ -44,6 +48,12 @@ pub enum StoreError {
     Query(#[source] sqlx::Error),
     #[error("stored value is invalid: {0}")]
     Corrupt(String),
+    /// Stable code: `LT-DB-NOT-EMPTY`.
+    #[error("LT-DB-NOT-EMPTY: the database already holds LearnTrac data; restore into an empty database")]
+    NotEmpty,
+    /// An export that cannot be imported: cut off, damaged or of another schema.
+    #[error("the export is invalid: {0}")]
+    InvalidExport(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -161,6 +171,36 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Where a PostgreSQL URL connects, read by the same parser that connects,
+/// so that repeated parameters, `hostaddr` and `PG…` environment variables
+/// count as they do for the connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresTarget {
+    /// The address connected to: `hostaddr` if given, else the host name.
+    pub host: String,
+    /// A Unix socket, a loopback name or a loopback address.
+    pub local: bool,
+    /// `sslmode` is `verify-full` or `verify-ca`.
+    pub verified_tls: bool,
+}
+
+/// Reads the connection target of a `postgres://` URL; `None` for other URLs.
+pub fn postgres_target(url: &str) -> Result<Option<PostgresTarget>> {
+    use sqlx::ConnectOptions;
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Ok(None);
+    }
+    let options = PgConnectOptions::from_str(url).map_err(StoreError::Connect)?;
+    let lossy = options.to_url_lossy();
+    let hostaddr = lossy.query_pairs().find(|(key, _)| key == "hostaddr").map(|(_, value)| value.to_string());
+    let host = hostaddr.unwrap_or_else(|| options.get_host().to_string());
+    let loopback = host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let local = options.get_socket().is_some() || host.starts_with('/') || host == "localhost" || loopback;
+    let verified_tls = matches!(options.get_ssl_mode(), PgSslMode::VerifyFull | PgSslMode::VerifyCa);
+    Ok(Some(PostgresTarget { host, local, verified_tls }))
 }
 
 /// Hides the password in a database URL so that it can be logged.

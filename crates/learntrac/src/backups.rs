@@ -7,6 +7,7 @@ use clap::Subcommand;
 use learntrac_secrets::KeyRing;
 use learntrac_server::backup;
 
+use crate::observe::record_cli_action;
 use crate::{DataArgs, settings};
 
 #[derive(Subcommand)]
@@ -19,6 +20,9 @@ pub enum BackupCommand {
         /// The backup file to write.
         #[arg(long)]
         out: PathBuf,
+        /// Replace `--out` if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Check a backup from end to end without restoring it, and print
     /// what it holds.
@@ -38,10 +42,12 @@ pub enum BackupCommand {
 
 pub async fn run(command: BackupCommand) -> Result<()> {
     match command {
-        BackupCommand::Create { data, out } => {
+        BackupCommand::Create { data, out, force } => {
             let config = settings::resolve(&data)?;
-            let summary = backup::create(&config, &out, learntrac_server::unix_now()).await?;
+            let summary = backup::create(&config, &out, force, learntrac_server::unix_now()).await?;
             println!("wrote {}\n{summary}", out.display());
+            let details = format!("{} rows, master key {}", summary.rows, summary.master_key_id);
+            record_cli_action(&config, "backup.create", &out.display().to_string(), &details).await;
         }
         BackupCommand::Verify { data, file } => {
             let config = settings::resolve(&data)?;
@@ -53,6 +59,8 @@ pub async fn run(command: BackupCommand) -> Result<()> {
             let config = settings::resolve(&data)?;
             let summary = backup::restore(&config, &file).await?;
             println!("restored {} into {}\n{summary}", file.display(), config.data_dir.display());
+            let details = format!("{} rows from a backup made at {}", summary.rows, summary.created_at);
+            record_cli_action(&config, "backup.restore", &file.display().to_string(), &details).await;
         }
     }
     Ok(())

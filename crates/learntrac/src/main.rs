@@ -2,6 +2,7 @@
 //! other subcommands administer a data directory.
 
 mod backups;
+mod observe;
 mod secrets;
 mod settings;
 
@@ -52,6 +53,21 @@ enum Command {
     /// Create, verify and restore encrypted backups.
     #[command(subcommand)]
     Backup(backups::BackupCommand),
+    /// Search the log files.
+    #[command(subcommand)]
+    Logs(observe::LogsCommand),
+    /// Verify and list the audit trail.
+    #[command(subcommand)]
+    Audit(observe::AuditCommand),
+    /// Summarise traffic from the gateway's access log.
+    #[command(subcommand)]
+    Metrics(observe::MetricsCommand),
+    /// Report each security control as pass, warn or fail; exits non-zero
+    /// when any control fails.
+    Check {
+        #[command(flatten)]
+        data: DataArgs,
+    },
 }
 
 #[derive(Args)]
@@ -71,8 +87,12 @@ pub struct ServeArgs {
     /// Refuse to start while a production check fails (development
     /// certificate, one-time passwords, loose key file, unverified remote
     /// database, development secrets); also `production = true` in learntrac.toml.
-    #[arg(long, env = "LEARNTRAC_PRODUCTION")]
+    #[arg(long, env = "LEARNTRAC_PRODUCTION", value_parser = clap::builder::BoolishValueParser::new())]
     pub production: bool,
+    /// Address of the Prometheus metrics listener, or "off"
+    /// [default: 127.0.0.1:9464].
+    #[arg(long, env = "LEARNTRAC_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -107,7 +127,10 @@ enum UserCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // `serve` logs to files as well, once its settings are known.
+    if !matches!(cli.command, Command::Serve(_)) {
+        learntrac_server::logs::init_stderr();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -124,17 +147,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEARNTRAC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .init();
-}
-
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
@@ -143,15 +155,28 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::User(UserCommand::SetPassword { data, email, password_stdin: _ }) => set_password(data, &email).await,
         Command::Ingest { data, file } => ingest(data, &file).await,
-        Command::Secret(command) => secrets::run(command),
+        Command::Secret(command) => secrets::run(command).await,
         Command::Backup(command) => backups::run(command).await,
+        Command::Logs(command) => observe::logs(command),
+        Command::Audit(command) => observe::audit(command).await,
+        Command::Metrics(command) => observe::metrics(command),
+        Command::Check { data } => observe::check(data).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let mut config = settings::resolve(&args.data)?;
-    settings::apply_serve_args(&mut config, &args);
+    settings::apply_serve_args(&mut config, &args)?;
+    learntrac_server::ensure_data_dir(&config.data_dir)?;
+    learntrac_server::logs::init_with_files(&config.logs)?;
     let listeners = gateway::Listeners::bind(config.https_listen, config.http_listen)?;
+    let metrics_listener = match config.metrics_listen {
+        Some(address) => Some(
+            std::net::TcpListener::bind(address)
+                .with_context(|| format!("cannot listen on {address} for metrics; set metrics_listen or \"off\""))?,
+        ),
+        None => None,
+    };
     // Flag or environment, then the file, then the address actually bound
     // (which differs from the configured one for port 0).
     config.public_url = match settings::configured_public_url(&args)? {
@@ -166,6 +191,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
         bootstrap_admin(&state).await?;
     }
     tokio::spawn(learntrac_server::service::watch_library(state.clone()));
+    tokio::spawn(learntrac_server::alerts::watch_audit_chain(state.clone(), std::time::Duration::from_secs(600)));
+    if let Some(listener) = metrics_listener {
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(error) = learntrac_server::metrics::serve(state, listener).await {
+                tracing::error!(error = format!("{error:#}"), "the metrics listener stopped");
+            }
+        });
+    }
     gateway::serve(state, listeners, shutdown_signal()).await
 }
 
@@ -177,7 +211,7 @@ async fn check_production(state: &AppState) -> Result<()> {
         tracing::info!("production checks passed");
         return Ok(());
     }
-    let list: Vec<String> = problems.iter().map(|problem| format!("  - {problem}")).collect();
+    let list: Vec<String> = problems.iter().map(|problem| format!("  - {}", problem.message)).collect();
     anyhow::bail!("production mode refuses to start because of {} problem(s):\n{}", problems.len(), list.join("\n"))
 }
 
@@ -198,7 +232,17 @@ async fn bootstrap_admin(state: &AppState) -> Result<()> {
     let one_time = password::generate_one_time();
     let hash = password::hash(&one_time)?;
     let email = state.config.admin_email.clone();
-    state.store.create_user(&email, "Administrator", &hash, &[Group::Admins], true, state.now()).await?;
+    let user = state.store.create_user(&email, "Administrator", &hash, &[Group::Admins], true, state.now()).await?;
+    let target = format!("user:{}", user.id);
+    learntrac_server::audit::record(
+        state,
+        learntrac_server::audit::Actor::System,
+        "user.create",
+        &target,
+        "success",
+        "first administrator, groups admins",
+    )
+    .await;
     tracing::info!(email = %email, "created the first administrator; the one-time password was printed on standard error");
     eprintln!(
         "\n  LearnTrac created the administrator {email}\n  One-time password: {one_time}\n  Sign in at {}/login and choose a new password; this password is not shown again.\n",
@@ -240,6 +284,9 @@ async fn add_user(data: DataArgs, email: &str, name: Option<String>, groups: &[S
     let hash = password::hash(&secret)?;
     let name = name.unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_string());
     let user = store.create_user(&email, &name, &hash, &groups, false, learntrac_server::unix_now()).await?;
+    let group_names: Vec<&str> = groups.iter().map(|g| g.as_str()).collect();
+    let details = format!("groups {}", group_names.join(", "));
+    observe::record_cli_action(&config, "user.create", &format!("user:{}", user.id), &details).await;
     println!(
         "created user {} ({}) in {}",
         user.email,
@@ -266,6 +313,7 @@ async fn set_password(data: DataArgs, email: &str) -> Result<()> {
         anyhow::bail!("no user has the email {email:?}; `learntrac user add` creates one");
     };
     store.set_password(user.id, &password::hash(&secret)?).await?;
+    observe::record_cli_action(&config, "user.password_set", &format!("user:{}", user.id), "sessions revoked").await;
     println!("set the password of {}; existing sessions and tokens are revoked", user.email);
     Ok(())
 }

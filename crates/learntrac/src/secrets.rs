@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use learntrac_secrets::MasterKey;
 
+use crate::observe::record_cli_action;
 use crate::{DataArgs, settings};
 
 #[derive(Subcommand)]
@@ -49,22 +50,24 @@ pub enum SecretCommand {
     },
 }
 
-pub fn run(command: SecretCommand) -> Result<()> {
+pub async fn run(command: SecretCommand) -> Result<()> {
     let now = learntrac_server::unix_now();
     match command {
         SecretCommand::Put { data, name } => {
             learntrac_secrets::validate_name(&name)?;
             let value = read_value()?;
-            let mut store = open(&data)?;
+            let mut store = open(&data, true)?;
             let created = store.put(&name, &value, now)?;
             println!("{} secret {name}", if created { "stored" } else { "replaced" });
+            let details = if created { "created" } else { "replaced" };
+            record_cli_action(&settings::resolve(&data)?, "secret.put", &format!("secret:{name}"), details).await;
         }
         SecretCommand::Get { data, name } => {
-            let value = open(&data)?.get(&name)?;
+            let value = open(&data, false)?.get(&name)?;
             println!("{}", value.expose());
         }
         SecretCommand::List { data } => {
-            for info in open(&data)?.list() {
+            for info in open(&data, false)?.list() {
                 println!(
                     "{}\tcreated_at={}\trotated_at={}\tmaster_key={}",
                     info.name, info.created_at, info.rotated_at, info.key_id
@@ -72,13 +75,22 @@ pub fn run(command: SecretCommand) -> Result<()> {
             }
         }
         SecretCommand::Delete { data, name } => {
-            open(&data)?.delete(&name)?;
+            open(&data, false)?.delete(&name)?;
             println!("deleted secret {name}");
+            record_cli_action(&settings::resolve(&data)?, "secret.delete", &format!("secret:{name}"), "").await;
         }
         SecretCommand::RotateMasterKey { data, new_key_file } => {
             let new_key = new_key_file.as_deref().map(MasterKey::read_file).transpose()?;
-            let mut store = open(&data)?;
+            let config = settings::resolve(&data)?;
+            // With the new key in the ring, a rerun of an interrupted rotation
+            // can read the secrets it already moved.
+            let mut store = learntrac_server::secrets::open_store_with_next(&config, false, new_key.clone())?;
             let rotation = store.rotate_master_key(new_key, |_| Ok(()))?;
+            let details = format!(
+                "{} secrets re-encrypted from master key {} to {}",
+                rotation.reencrypted, rotation.old_key_id, rotation.new_key_id
+            );
+            record_cli_action(&settings::resolve(&data)?, "master_key.rotate", "master_key", &details).await;
             println!(
                 "re-encrypted {} secret(s); master key {} replaced by {}",
                 rotation.reencrypted, rotation.old_key_id, rotation.new_key_id
@@ -99,9 +111,10 @@ pub fn run(command: SecretCommand) -> Result<()> {
     Ok(())
 }
 
-fn open(data: &DataArgs) -> Result<learntrac_secrets::SecretStore> {
+/// Opens the store; `create` allows a new store and master key.
+fn open(data: &DataArgs, create: bool) -> Result<learntrac_secrets::SecretStore> {
     let config = settings::resolve(data)?;
-    learntrac_server::secrets::open_store(&config, true)
+    learntrac_server::secrets::open_store(&config, create)
 }
 
 fn read_value() -> Result<String> {

@@ -39,6 +39,19 @@ struct FileSettings {
     password_grant: Option<bool>,
     egress_proxy: Option<String>,
     egress_ca_file: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
+    log_max_mib: Option<u64>,
+    log_retention_days: Option<u64>,
+    log_client_address: Option<String>,
+    metrics_listen: Option<String>,
+    alert_webhook: Option<String>,
+    alert_auth_failures_per_minute: Option<u32>,
+    alert_failed_sign_ins: Option<u32>,
+    alert_failed_sign_in_window_seconds: Option<i64>,
+    alert_rate_limit_trips: Option<u32>,
+    alert_group_seconds: Option<i64>,
+    backup_dir: Option<PathBuf>,
+    backup_max_age_hours: Option<i64>,
 }
 
 /// The environment variable that contains the master key itself (base64).
@@ -152,7 +165,77 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
     }
     config.egress.proxy = file.egress_proxy;
     config.egress.ca_file = file.egress_ca_file;
+
+    if let Some(dir) = file.log_dir {
+        config.logs.dir = dir;
+    }
+    if let Some(mib) = file.log_max_mib {
+        config.logs.max_file_bytes = in_range("log_max_mib", mib, 1..=10_240)? * 1024 * 1024;
+    }
+    if let Some(days) = file.log_retention_days {
+        config.logs.retention = Duration::from_secs(in_range("log_retention_days", days, 1..=3650)? * 86_400);
+    }
+    if let Some(mode) = file.log_client_address {
+        config.log_client_address = mode.parse().map_err(|error: String| anyhow::anyhow!("{error} in {FILE_NAME}"))?;
+    }
+    if let Some(value) = file.metrics_listen {
+        config.metrics_listen = metrics_listen(&value, FILE_NAME)?;
+    }
+    if let Some(url) = file.alert_webhook {
+        if !url.starts_with("https://") {
+            bail!("alert_webhook {url:?} in {FILE_NAME} must start with https://");
+        }
+        config.alerts.webhook = Some(url);
+    }
+    let alerts = &mut config.alerts;
+    for (name, value, target) in [
+        ("alert_auth_failures_per_minute", file.alert_auth_failures_per_minute, &mut alerts.auth_failures_per_minute),
+        ("alert_failed_sign_ins", file.alert_failed_sign_ins, &mut alerts.failed_sign_ins),
+        ("alert_rate_limit_trips", file.alert_rate_limit_trips, &mut alerts.rate_limit_trips),
+    ] {
+        if let Some(count) = value {
+            *target = in_range(name, count, 1..=1_000_000)?;
+        }
+    }
+    for (name, value, target) in [
+        (
+            "alert_failed_sign_in_window_seconds",
+            file.alert_failed_sign_in_window_seconds,
+            &mut alerts.failed_sign_in_window_seconds,
+        ),
+        ("alert_group_seconds", file.alert_group_seconds, &mut alerts.group_seconds),
+    ] {
+        if let Some(seconds) = value {
+            *target = in_range(name, seconds, 1..=7 * 86_400)?;
+        }
+    }
+    if let Some(dir) = file.backup_dir {
+        config.backup_dir = dir;
+    }
+    if let Some(hours) = file.backup_max_age_hours {
+        config.backup_max_age_hours = in_range("backup_max_age_hours", hours, 1..=24 * 365)?;
+    }
     Ok(config)
+}
+
+/// Returns `value` if it lies in `range`, or an error naming the setting.
+fn in_range<T: PartialOrd + std::fmt::Display>(name: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<T> {
+    if !range.contains(&value) {
+        bail!("{name} = {value} in {FILE_NAME} is out of range; use {} to {}", range.start(), range.end());
+    }
+    Ok(value)
+}
+
+/// Parses the metrics address: `HOST:PORT`, or `off` for no listener.
+fn metrics_listen(value: &str, source: &str) -> Result<Option<std::net::SocketAddr>> {
+    if value == "off" {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| {
+        anyhow::anyhow!(
+            "metrics_listen {value:?} in {source} is invalid; use an address such as 127.0.0.1:9464, or off"
+        )
+    })
 }
 
 /// Chooses the master key source: `LEARNTRAC_MASTER_KEY`, then
@@ -186,9 +269,12 @@ fn secret_reference(setting: &str, value: &str) -> Result<String> {
 
 /// Applies the listen addresses of `serve` (flags and environment) over
 /// the file. The public URL is settled after binding, by the caller.
-pub fn apply_serve_args(config: &mut ServerConfig, args: &ServeArgs) {
+pub fn apply_serve_args(config: &mut ServerConfig, args: &ServeArgs) -> Result<()> {
     if args.production {
         config.production = true;
+    }
+    if let Some(value) = &args.metrics_listen {
+        config.metrics_listen = metrics_listen(value, "--metrics-listen or LEARNTRAC_METRICS_LISTEN")?;
     }
     if let Some(addr) = args.https_listen {
         config.https_listen = addr;
@@ -196,4 +282,5 @@ pub fn apply_serve_args(config: &mut ServerConfig, args: &ServeArgs) {
     if let Some(addr) = args.http_listen {
         config.http_listen = addr;
     }
+    Ok(())
 }

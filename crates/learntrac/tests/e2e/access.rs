@@ -370,12 +370,12 @@ async fn public_url_from_settings_file_names_issuer() {
     let bad = Server::new().await;
     std::fs::write(bad.data_dir.join("learntrac.toml"), "public_url = \"http://learn.example\"\n")
         .expect("write settings");
-    let output = bad.cli(&["serve", "--https-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"], "");
+    let output = bad.cli(crate::harness::SERVE_ARGS, "");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("learntrac.toml"), "{stderr}");
     assert!(stderr.contains("https://"), "{stderr}");
     std::fs::write(bad.data_dir.join("learntrac.toml"), "no_such_setting = 1\n").expect("write settings");
-    let output = bad.cli(&["serve", "--https-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"], "");
+    let output = bad.cli(crate::harness::SERVE_ARGS, "");
     assert!(String::from_utf8_lossy(&output.stderr).contains("no_such_setting"));
 }

@@ -3,7 +3,7 @@
 //! only when `LEARNTRAC_TEST_POSTGRES_TLS=1`; otherwise they print why
 //! they did nothing.
 
-use crate::harness::Server;
+use crate::harness::{PASSWORD, Server};
 
 /// The TLS-protected database URL, or `None` when the tests are not set up.
 fn tls_database_url() -> Option<String> {
@@ -29,14 +29,14 @@ async fn postgres_rejects_plaintext_connections() {
     let database_url = server.postgres_url().expect("a PostgreSQL database").to_string();
 
     server.set_env("LEARNTRAC_DATABASE_URL", &with_query(&database_url, "sslmode=disable"));
-    let plaintext = server.cli(&["backup", "create", "--out", "/dev/null"], "");
+    let add = ["user", "add", "--email", "ann@example.org", "--group", "students", "--password-stdin"];
+    let plaintext = server.cli(&add, &format!("{PASSWORD}\n"));
     assert!(!plaintext.status.success(), "a plaintext connection must fail");
     let message = String::from_utf8_lossy(&plaintext.stderr);
     assert!(message.contains("LT-DB-CONNECT"), "{message}");
 
     server.set_env("LEARNTRAC_DATABASE_URL", &database_url);
-    let verified =
-        server.cli(&["backup", "create", "--out", server.data_dir.join("b.ltb").to_str().expect("utf-8")], "");
+    let verified = server.cli(&add, &format!("{PASSWORD}\n"));
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
 }
 
@@ -55,7 +55,8 @@ async fn postgres_certificate_is_verified() {
 
     let query = format!("sslmode=verify-full&sslrootcert={}", other_ca.display());
     server.set_env("LEARNTRAC_DATABASE_URL", &with_query(&database_url, &query));
-    let output = server.cli(&["backup", "create", "--out", "/dev/null"], "");
+    let add = ["user", "add", "--email", "ann@example.org", "--group", "students", "--password-stdin"];
+    let output = server.cli(&add, &format!("{PASSWORD}\n"));
     assert!(!output.status.success(), "a certificate from an unknown CA must be rejected");
     assert!(String::from_utf8_lossy(&output.stderr).contains("LT-DB-CONNECT"));
 }

@@ -15,6 +15,10 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_learntrac");
 
+/// `learntrac serve` on free loopback ports.
+pub const SERVE_ARGS: &[&str] =
+    &["serve", "--https-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
+
 /// A test user's password; it meets the password policy.
 pub const PASSWORD: &str = "Learn-Trac-2026!";
 
@@ -34,6 +38,8 @@ pub struct Server {
     pub base: String,
     pub https_port: u16,
     pub http_port: u16,
+    /// Port of the Prometheus metrics listener, once its log line is seen.
+    metrics_port: Arc<Mutex<u16>>,
     pub client: reqwest::Client,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
@@ -46,6 +52,11 @@ impl Server {
     pub async fn new() -> Server {
         let data_dir = std::env::temp_dir().join(format!("learntrac-test-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&data_dir).expect("create data dir");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)).expect("chmod data dir");
+        }
         let database = match std::env::var("LEARNTRAC_DATABASE_URL") {
             Ok(url) if url.starts_with("postgres") => Some(PostgresDatabase::create(&url).await),
             _ => None,
@@ -57,6 +68,7 @@ impl Server {
             base: String::new(),
             https_port: 0,
             http_port: 0,
+            metrics_port: Arc::default(),
             client: reqwest::Client::new(),
             stderr: Arc::default(),
             stdout: Arc::default(),
@@ -73,6 +85,14 @@ impl Server {
     /// The PostgreSQL URL of this server's database, when tests run on PostgreSQL.
     pub fn postgres_url(&self) -> Option<&str> {
         self.database.as_ref().map(|db| db.url.as_str())
+    }
+
+    /// `DATA_DIR/backups/NAME`, creating the directory; backups may not be
+    /// written directly into the data directory.
+    pub fn backup_path(&self, name: &str) -> PathBuf {
+        let dir = self.data_dir.join("backups");
+        std::fs::create_dir_all(&dir).expect("create the backup directory");
+        dir.join(name)
     }
 
     /// Writes `DATA_DIR/learntrac.toml`.
@@ -157,7 +177,7 @@ impl Server {
     pub async fn serve(&mut self) {
         let mut child = self
             .command()
-            .args(["serve", "--https-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(SERVE_ARGS)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -167,9 +187,14 @@ impl Server {
         let (sender, receiver) = mpsc::channel::<(u16, u16)>();
         let stdout = child.stdout.take().expect("stdout");
         let stdout_log = self.stdout.clone();
+        let metrics_port = self.metrics_port.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                    if event["fields"]["message"] == "metrics listening" {
+                        let port = event["fields"]["metrics"].as_str().and_then(|a| a.rsplit(':').next());
+                        *metrics_port.lock().expect("port lock") = port.and_then(|p| p.parse().ok()).unwrap_or(0);
+                    }
                     if event["fields"]["message"] == "gateway listening" {
                         let port = |key: &str| {
                             event["fields"][key]
@@ -207,6 +232,18 @@ impl Server {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("HTTP client");
+    }
+
+    /// `http://127.0.0.1:PORT/metrics`, waiting up to 10 s for the listener.
+    pub fn metrics_url(&self) -> String {
+        for _ in 0..200 {
+            let port = *self.metrics_port.lock().expect("port lock");
+            if port != 0 {
+                return format!("http://127.0.0.1:{port}/metrics");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the metrics listener did not start; stdout:\n{}", self.stdout_text());
     }
 
     pub fn stderr_text(&self) -> String {

@@ -9,4 +9,5 @@ mod database;
 mod harness;
 mod input;
 mod learning;
+mod observability;
 mod operations;
