@@ -67,6 +67,26 @@ pub async fn append(store: &Store, key: &[u8], entry: &AuditEntry, now: i64) {
     }
 }
 
+/// Records a change of `DATA_DIR/learntrac.toml` since the last start,
+/// with the SHA-256 of its new contents (`none` when there is no file).
+/// Settings from flags and the environment are not covered.
+pub async fn record_settings_change(state: &AppState) {
+    let path = state.config.data_dir.join("learntrac.toml");
+    let digest = std::fs::read(&path).map_or_else(|_| "none".to_string(), |bytes| crate::sha256_hex_bytes(&bytes));
+    let details = format!("learntrac.toml sha256 {digest}");
+    let filter = learntrac_store::AuditFilter { action: Some("settings.change".into()), ..Default::default() };
+    let last = match state.store.audit_records(&filter).await {
+        Ok(records) => records.last().map(|record| record.details.clone()),
+        Err(error) => {
+            tracing::error!(error = %error, "cannot read the audit trail for the last settings change");
+            return;
+        }
+    };
+    if last.as_deref() != Some(details.as_str()) {
+        record(state, Actor::System, "settings.change", "learntrac.toml", "success", &details).await;
+    }
+}
+
 pub async fn verify(state: &AppState) -> learntrac_store::Result<AuditVerification> {
     state.store.verify_audit(&state.audit_key).await
 }

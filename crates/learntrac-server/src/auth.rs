@@ -337,6 +337,15 @@ impl FromRequestParts<AppState> for ApiUser {
 const STAFF_ONLY: &str = "only instructors and admins may do this";
 
 /// An API caller in the instructors or admins group.
+/// Records a learner's request for a staff-only action in the audit trail.
+async fn record_denied(state: &AppState, principal: &Principal, parts: &Parts) {
+    // Nested routers see the path without their prefix; the original URI has it.
+    let path = parts.extensions.get::<axum::extract::OriginalUri>().map_or(parts.uri.path(), |uri| uri.0.path());
+    let target = format!("{} {path}", parts.method);
+    let actor = crate::audit::Actor::User(principal.user_id);
+    crate::audit::record(state, actor, "access.staff_only", &target, "denied", STAFF_ONLY).await;
+}
+
 pub struct StaffApiUser(pub Principal);
 
 impl FromRequestParts<AppState> for StaffApiUser {
@@ -345,6 +354,7 @@ impl FromRequestParts<AppState> for StaffApiUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<StaffApiUser, ApiError> {
         let ApiUser(principal) = ApiUser::from_request_parts(parts, state).await?;
         if !principal.is_staff() {
+            record_denied(state, &principal, parts).await;
             return Err(ApiError::Forbidden(STAFF_ONLY.into()));
         }
         Ok(StaffApiUser(principal))
@@ -360,6 +370,7 @@ impl FromRequestParts<AppState> for StaffPageUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<StaffPageUser, Response> {
         let PageUser(principal) = PageUser::from_request_parts(parts, state).await?;
         if !principal.is_staff() {
+            record_denied(state, &principal, parts).await;
             return Err(crate::pages::PageError(ApiError::Forbidden(STAFF_ONLY.into())).into_response());
         }
         Ok(StaffPageUser(principal))

@@ -185,6 +185,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
 
     let state = AppState::open(config).await?;
+    learntrac_server::audit::record_settings_change(&state).await;
     if state.config.production {
         check_production(&state).await?;
     } else {

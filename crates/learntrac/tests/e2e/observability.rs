@@ -220,7 +220,11 @@ async fn raw_database(server: &Server) -> sqlx::AnyPool {
 async fn audit_trail_detects_tampering() {
     let mut server = Server::new().await;
     server.add_user("ted@example.org", "instructors");
+    server.add_user("ann@example.org", "students");
     server.serve().await;
+    let ann = server.token("ann@example.org").await;
+    let denied = server.upload(&ann, "notes.md", "# Notes\n\nA learner may not add books.\n").await;
+    assert_eq!(denied.status(), 403);
     let cookie = server.sign_in("ted@example.org", PASSWORD).await;
     for text in ["first version", "second version"] {
         let response = server
@@ -246,6 +250,10 @@ async fn audit_trail_detects_tampering() {
     let all = stdout(&server.cli(&["audit", "list"], ""));
     assert!(all.contains("\tuser.create\t"), "{all}");
     assert!(all.contains("\tsecret.generate\t"), "{all}");
+    assert!(all.contains("\tsettings.change\tlearntrac.toml\t"), "{all}");
+    let denials = stdout(&server.cli(&["audit", "list", "--action", "access.staff_only"], ""));
+    assert_eq!(denials.lines().count(), 1, "{denials}");
+    assert!(denials.contains("\tPOST /api/v1/books\tdenied\t"), "{denials}");
 
     let verify = server.cli(&["audit", "verify"], "");
     assert!(verify.status.success(), "{}", stderr(&verify));
