@@ -16,9 +16,12 @@ use crate::AppState;
 /// Thresholds and delivery of the alert rules.
 #[derive(Clone, Debug)]
 pub struct AlertSettings {
-    /// HTTPS address that receives each new alert as JSON.
+    /// HTTPS address that receives each new alert as JSON, or
+    /// `secret:NAME` for an address kept in the secrets store (read as the
+    /// gateway role).
     pub webhook: Option<String>,
-    /// 401 and 403 responses to one client address within a minute.
+    /// 401 and 403 responses to, and failed password checks from, one
+    /// client address within a minute.
     pub auth_failures_per_minute: u32,
     /// Failed sign-ins for one account within `failed_sign_in_window_seconds`.
     pub failed_sign_ins: u32,
@@ -69,17 +72,34 @@ pub struct Alerts {
     settings: AlertSettings,
     windows: Mutex<HashMap<(Rule, String), (i64, u32)>>,
     client: Option<reqwest::Client>,
+    /// The webhook address, read from the secrets store when configured
+    /// as `secret:NAME`.
+    webhook_url: Option<String>,
+    /// Alerts whose delivery is under way, so that a repeat does not post
+    /// them a second time.
+    delivering: Mutex<std::collections::HashSet<i64>>,
 }
 
 const WEBHOOK_ATTEMPTS: u32 = 4;
 
 impl Alerts {
-    pub fn new(settings: AlertSettings, egress: &crate::egress::EgressSettings) -> Result<Alerts> {
-        let client = match &settings.webhook {
+    /// `webhook_url` is the resolved `settings.webhook`.
+    pub fn new(
+        settings: AlertSettings,
+        webhook_url: Option<String>,
+        egress: &crate::egress::EgressSettings,
+    ) -> Result<Alerts> {
+        let client = match &webhook_url {
             Some(_) => Some(crate::egress::client(egress)?),
             None => None,
         };
-        Ok(Alerts { settings, windows: Mutex::new(HashMap::new()), client })
+        Ok(Alerts {
+            settings,
+            windows: Mutex::new(HashMap::new()),
+            client,
+            webhook_url,
+            delivering: Mutex::new(std::collections::HashSet::new()),
+        })
     }
 
     /// Counts an event; returns the count when it reaches a multiple of
@@ -108,8 +128,19 @@ impl Alerts {
             _ => return,
         };
         if let Some(count) = self.count(rule, client, window, threshold, now) {
-            let details = format!("{count} responses with status {status} to client {client} within {window} s");
+            let details = format!("{count} failures (status {status} last) for client {client} within {window} s");
             spawn_fire(state, rule, client.to_string(), details);
+        }
+    }
+
+    /// Counts a failed password check from `client` for the auth-failure
+    /// rule: the token endpoint and the sign-in form respond to those with
+    /// 400 and 200, not 401, but they are the same kind of attempt.
+    pub fn observe_failed_password(&self, state: &AppState, client: &str, now: i64) {
+        let threshold = self.settings.auth_failures_per_minute;
+        if let Some(count) = self.count(Rule::AuthFailures, client, 60, threshold, now) {
+            let details = format!("{count} failures (a wrong password last) for client {client} within 60 s");
+            spawn_fire(state, Rule::AuthFailures, client.to_string(), details);
         }
     }
 
@@ -153,6 +184,13 @@ pub async fn fire(state: &AppState, rule: Rule, subject: &str, details: &str) ->
         Raised::New(alert) => (alert, true),
         Raised::Grouped(alert) => (alert, false),
     };
+    // A grouped firing posts again while the alert is undelivered and no
+    // delivery is under way, so a webhook that was down when the alert
+    // opened still hears of it.
+    let post = {
+        let mut delivering = state.alerts.delivering.lock().unwrap_or_else(|p| p.into_inner());
+        state.alerts.client.is_some() && (new || !alert.delivered) && delivering.insert(alert.id)
+    };
     tracing::warn!(
         target: "learntrac::alert",
         rule = rule.name(),
@@ -163,7 +201,7 @@ pub async fn fire(state: &AppState, rule: Rule, subject: &str, details: &str) ->
         details,
         "alert"
     );
-    if let (true, Some(client), Some(url)) = (new, &state.alerts.client, &state.alerts.settings.webhook) {
+    if let (true, Some(client), Some(url)) = (post, &state.alerts.client, &state.alerts.webhook_url) {
         let state = state.clone();
         let client = client.clone();
         let url = url.clone();
@@ -173,6 +211,17 @@ pub async fn fire(state: &AppState, rule: Rule, subject: &str, details: &str) ->
 }
 
 async fn deliver(state: &AppState, client: &reqwest::Client, url: &str, alert: learntrac_store::AlertRecord) {
+    let id = alert.id;
+    deliver_with_retries(state, client, url, alert).await;
+    state.alerts.delivering.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+}
+
+async fn deliver_with_retries(
+    state: &AppState,
+    client: &reqwest::Client,
+    url: &str,
+    alert: learntrac_store::AlertRecord,
+) {
     let body = serde_json::json!({
         "source": "learntrac",
         "instance": state.config.public_url,
@@ -193,8 +242,9 @@ async fn deliver(state: &AppState, client: &reqwest::Client, url: &str, alert: l
                 return;
             }
             Ok(response) => format!("status {}", response.status()),
-            Err(error) => error.to_string(),
+            Err(error) => error_chain(&error.without_url()),
         };
+        // The address is not logged: webhook addresses often carry a token.
         tracing::warn!(alert_id = alert.id, attempt, failure, "alert webhook failed");
         if attempt < WEBHOOK_ATTEMPTS {
             tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
@@ -205,6 +255,18 @@ async fn deliver(state: &AppState, client: &reqwest::Client, url: &str, alert: l
         attempts = WEBHOOK_ATTEMPTS,
         "alert webhook gave up; the alert stays in the alerts table"
     );
+}
+
+/// Formats an error with its causes, which reqwest keeps out of its own message.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Verifies the audit chain every `interval` and fires an alert while it
@@ -231,7 +293,8 @@ mod tests {
 
     #[test]
     fn counting_fires_at_each_multiple_of_the_threshold() {
-        let alerts = Alerts::new(AlertSettings::default(), &crate::egress::EgressSettings::default()).expect("alerts");
+        let egress = crate::egress::EgressSettings::default();
+        let alerts = Alerts::new(AlertSettings::default(), None, &egress).expect("alerts");
         let fired: Vec<u32> = (0..7).filter_map(|_| alerts.count(Rule::AuthFailures, "h:1", 60, 3, 100)).collect();
         assert_eq!(fired, vec![3, 6]);
         assert_eq!(alerts.count(Rule::AuthFailures, "h:2", 60, 3, 100), None, "subjects count apart");

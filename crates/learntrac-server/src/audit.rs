@@ -1,7 +1,7 @@
 //! Recording administrative actions and changes of data in the audit
 //! trail, with the request's id and client address, and verifying it.
 
-use learntrac_store::{AuditEntry, AuditVerification, Store};
+use learntrac_store::{AuditEntry, AuditRecord, AuditVerification, Store};
 
 use crate::AppState;
 
@@ -18,10 +18,27 @@ impl Actor {
     pub fn label(&self) -> String {
         match self {
             Actor::User(id) => format!("user:{id}"),
-            Actor::Cli => format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())),
+            Actor::Cli => format!("cli:{}", operating_system_user()),
             Actor::System => "system".to_string(),
         }
     }
+}
+
+/// The name of the process's real user from `/etc/passwd`, or `uid:N`;
+/// unlike `$USER`, the caller cannot choose it.
+fn operating_system_user() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(uid) = status.lines().find_map(|line| line.strip_prefix("Uid:")?.split_whitespace().next()) else {
+        return "unknown".to_string();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() > 2 && fields[2] == uid).then(|| fields[0].to_string())
+        })
+        .unwrap_or_else(|| format!("uid:{uid}"))
 }
 
 /// Appends a record to the trail and writes it to the `audit` log group.
@@ -43,10 +60,11 @@ pub async fn record(state: &AppState, actor: Actor, action: &str, target: &str, 
 }
 
 /// Appends `entry` under `key` and logs it; for callers without an
-/// [`AppState`], such as the command line.
-pub async fn append(store: &Store, key: &[u8], entry: &AuditEntry, now: i64) {
+/// [`AppState`], such as the command line. Returns the stored record.
+pub async fn append(store: &Store, key: &[u8], entry: &AuditEntry, now: i64) -> Option<AuditRecord> {
     match store.append_audit(key, entry, now).await {
-        Ok(stored) => tracing::info!(
+        Ok(stored) => {
+            tracing::info!(
             target: "learntrac::audit",
             seq = stored.seq,
             actor = %stored.actor,
@@ -56,15 +74,73 @@ pub async fn append(store: &Store, key: &[u8], entry: &AuditEntry, now: i64) {
             outcome = %stored.outcome,
             details = %stored.details,
             "audit"
-        ),
-        Err(error) => tracing::error!(
-            target: "learntrac::audit",
-            action = %entry.action,
-            target_name = %entry.target,
-            error = %error,
-            "cannot store an audit record"
-        ),
+            );
+            Some(stored)
+        }
+        Err(error) => {
+            tracing::error!(
+                target: "learntrac::audit",
+                action = %entry.action,
+                target_name = %entry.target,
+                error = %error,
+                "cannot store an audit record"
+            );
+            None
+        }
     }
+}
+
+/// The line the server writes to the `audit` log group for a record, for
+/// writers that have no log files of their own (the command line).
+pub fn log_line(record: &AuditRecord) -> String {
+    let line = serde_json::json!({
+        "timestamp": crate::time::format_rfc3339(record.at),
+        "level": "INFO",
+        "fields": {
+            "message": "audit",
+            "seq": record.seq,
+            "actor": record.actor,
+            "action": record.action,
+            "target_name": record.target,
+            "request_id": record.request_id,
+            "outcome": record.outcome,
+            "details": record.details,
+        },
+        "target": "learntrac::audit",
+    });
+    format!("{}\n", crate::logs::mask::mask_line(&line.to_string()))
+}
+
+/// The highest sequence number in the `audit` log group's files.
+pub fn highest_logged_seq(log_dir: &std::path::Path) -> Option<i64> {
+    let mut highest = None;
+    let _ = crate::logs::filter::scan_group(log_dir, "audit", None, None, |_, event| {
+        if let Some(seq) = event["fields"]["seq"].as_i64() {
+            highest = highest.max(Some(seq));
+        }
+    });
+    highest
+}
+
+/// Verifies the chain in the database, then that it is not shorter than
+/// the copy in the `audit` log files: removing the newest records and
+/// rewinding the head row leaves a valid chain, but not the log lines.
+pub async fn verify_with_logs(
+    store: &Store,
+    key: &[u8],
+    log_dir: &std::path::Path,
+) -> learntrac_store::Result<AuditVerification> {
+    let verification = store.verify_audit(key).await?;
+    if let AuditVerification::Intact { records } = verification
+        && let Some(logged) = highest_logged_seq(log_dir)
+        && logged > records
+    {
+        return Ok(AuditVerification::Broken {
+            seq: records + 1,
+            reason: format!("records {} to {logged} are in the audit log files but not in the database", records + 1),
+        });
+    }
+    Ok(verification)
 }
 
 /// Records a change of `DATA_DIR/learntrac.toml` since the last start,
@@ -88,5 +164,5 @@ pub async fn record_settings_change(state: &AppState) {
 }
 
 pub async fn verify(state: &AppState) -> learntrac_store::Result<AuditVerification> {
-    state.store.verify_audit(&state.audit_key).await
+    verify_with_logs(&state.store, &state.audit_key, &state.config.logs.dir).await
 }

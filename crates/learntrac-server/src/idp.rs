@@ -169,7 +169,7 @@ async fn token(
                 _ => {
                     tracing::warn!(
                         target: "learntrac::security",
-                        ip = %peer.ip(),
+                        client = state.masker.mask(peer.ip()),
                         "refresh token invalid, used, expired, or its user is disabled or must change the password"
                     );
                     return Err(OAuthError::new("invalid_grant", "the refresh token is invalid or expired"));
@@ -224,6 +224,8 @@ fn limit_sign_in(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
         state.limiter.check(&format!("sign-in:{}", peer.ip()), SIGN_IN_LIMIT, Duration::from_secs(60), Instant::now());
     if result.is_err() {
         state.metrics.observe_rate_limited("sign-in");
+        let client = state.masker.mask(peer.ip());
+        tracing::warn!(target: "learntrac::security", client, limit = SIGN_IN_LIMIT, "sign-in rate limit exceeded");
     }
     result
 }
@@ -257,6 +259,7 @@ async fn check_credentials(
         if let Some(user) = &user {
             state.alerts.observe_failed_sign_in(state, user.id, state.now());
         }
+        state.alerts.observe_failed_password(state, &client, state.now());
         return Ok(None);
     }
     state.metrics.observe_sign_in("success");

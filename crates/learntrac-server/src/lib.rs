@@ -82,7 +82,19 @@ impl AppState {
         let address_key = gateway_secrets.get(learntrac_secrets::LOG_ADDRESS_KEY)?;
         let masker = logs::mask::AddressMasker::new(config.log_client_address, address_key.expose().as_bytes());
         let audit_key = secrets.role(learntrac_secrets::Role::Api).get(learntrac_secrets::AUDIT_KEY)?;
-        let alerts = alerts::Alerts::new(config.alerts.clone(), &config.egress)?;
+        let webhook_url = match config.alerts.webhook.as_deref() {
+            Some(reference) => match reference.strip_prefix("secret:") {
+                Some(name) => Some(gateway_secrets.get(name)?.expose().to_string()),
+                None => Some(reference.to_string()),
+            },
+            None => None,
+        };
+        if let Some(url) = &webhook_url
+            && !url.to_ascii_lowercase().starts_with("https://")
+        {
+            anyhow::bail!("alert_webhook must be an https:// address");
+        }
+        let alerts = alerts::Alerts::new(config.alerts.clone(), webhook_url, &config.egress)?;
 
         let database_url = secrets.database_url(&config, secrets::DATABASE_ROLES)?;
         let store = Store::open_with(&database_url, &config.pool).await?;
@@ -190,7 +202,7 @@ pub fn loose_mode(path: &Path) -> Option<u32> {
 
 /// Makes a SQLite database and its journal files readable by their owner
 /// only; SQLite creates them with the process's umask.
-fn restrict_sqlite_files(database_url: &str) {
+pub fn restrict_sqlite_files(database_url: &str) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -137,41 +137,27 @@ impl Metrics {
             (open as usize).saturating_sub(idle)
         ));
         out.push_str(&format!("learntrac_db_connections{{state=\"idle\"}} {idle}\n"));
+        out.push_str("# HELP learntrac_db_connections_max Maximum database pool connections.\n");
+        out.push_str("# TYPE learntrac_db_connections_max gauge\n");
         out.push_str(&format!("learntrac_db_connections_max {max}\n"));
         out
     }
 }
 
-/// Returns the route template of a path, so that ids do not make one series per
-/// value: numbers become `{id}` and wiki page names `{page}`. Paths that
-/// matched no route (`status` 404 on an unknown prefix) share one label.
-pub fn route_label(path: &str, status: u16) -> String {
-    if let Some(page) = path.strip_prefix("/wiki/") {
-        return if page.is_empty() { "/wiki/".into() } else { "/wiki/{page}".into() };
+/// Returns the method for the metrics label: a standard method, or
+/// `OTHER`, so that clients cannot add series with made-up methods.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
     }
-    const PREFIXES: &[&str] = &[
-        "/api/v1/",
-        "/oauth2/",
-        "/.well-known/",
-        "/login",
-        "/logout",
-        "/account/",
-        "/paths",
-        "/ticket/",
-        "/roadmap",
-        "/library",
-        "/healthz",
-        "/preview",
-    ];
-    if status == 404 && path != "/" && !PREFIXES.iter().any(|prefix| path.starts_with(prefix)) {
-        return "unmatched".into();
-    }
-    path.split('/')
-        .map(
-            |segment| if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) { "{id}" } else { segment },
-        )
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// Serves `GET /metrics` on `listener` until the process ends.
@@ -199,11 +185,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_fold_ids() {
-        assert_eq!(route_label("/api/v1/tickets/12/answers", 201), "/api/v1/tickets/{id}/answers");
-        assert_eq!(route_label("/wiki/WikiStart", 200), "/wiki/{page}");
-        assert_eq!(route_label("/wp-admin/setup.php", 404), "unmatched");
-        assert_eq!(route_label("/api/v1/nothing", 404), "/api/v1/nothing");
+    fn unknown_methods_share_a_label() {
+        assert_eq!(method_label(&axum::http::Method::GET), "GET");
+        let made_up = axum::http::Method::from_bytes(b"M!#$%").expect("method");
+        assert_eq!(method_label(&made_up), "OTHER");
     }
 
     #[test]

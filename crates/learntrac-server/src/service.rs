@@ -78,6 +78,12 @@ pub async fn ingest_book(
     file_name: &str,
     created_by: Option<i64>,
 ) -> ApiResult<BookRecord> {
+    if file_name.chars().any(char::is_control) || file_name.len() > 255 {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "the file name contains control characters or is longer than 255 bytes; rename the file".to_string(),
+        ));
+    }
     let format = Format::from_file_name(file_name).ok_or_else(|| {
         ApiError::bad_request(
             "unsupported_format",

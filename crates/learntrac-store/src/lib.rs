@@ -154,7 +154,15 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&pool).await.map_err(StoreError::Migrate)?;
+        // sqlx locks PostgreSQL migrations itself, but not SQLite's, so two
+        // processes opening a new file at once take a file lock instead.
+        let lock = match backend {
+            Backend::Sqlite => sqlite_migration_lock(url),
+            Backend::Postgres => None,
+        };
+        let migrated = migrator.run(&pool).await.map_err(StoreError::Migrate);
+        drop(lock);
+        migrated?;
         Ok(Store { pool, backend })
     }
 
@@ -201,6 +209,23 @@ pub fn postgres_target(url: &str) -> Result<Option<PostgresTarget>> {
     let local = options.get_socket().is_some() || host.starts_with('/') || host == "localhost" || loopback;
     let verified_tls = matches!(options.get_ssl_mode(), PgSslMode::VerifyFull | PgSslMode::VerifyCa);
     Ok(Some(PostgresTarget { host, local, verified_tls }))
+}
+
+/// Locks `DATABASE-migrate.lock` beside a SQLite file until the returned
+/// file is dropped; `None` for in-memory databases or when the lock file
+/// cannot be created (the migration then runs unlocked, as before).
+fn sqlite_migration_lock(url: &str) -> Option<std::fs::File> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path =
+        rest.split('?').next().filter(|p| !p.is_empty() && !p.starts_with("file:") && !p.contains(":memory:"))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{path}-migrate.lock"))
+        .ok()?;
+    lock.lock().ok()?;
+    Some(lock)
 }
 
 /// Hides the password in a database URL so that it can be logged.

@@ -62,6 +62,9 @@ enum Command {
     /// Summarise traffic from the gateway's access log.
     #[command(subcommand)]
     Metrics(observe::MetricsCommand),
+    /// List the alerts that fired.
+    #[command(subcommand)]
+    Alerts(observe::AlertsCommand),
     /// Report each security control as pass, warn or fail; exits non-zero
     /// when any control fails.
     Check {
@@ -160,6 +163,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Logs(command) => observe::logs(command),
         Command::Audit(command) => observe::audit(command).await,
         Command::Metrics(command) => observe::metrics(command),
+        Command::Alerts(command) => observe::alerts(command).await,
         Command::Check { data } => observe::check(data).await,
     }
 }
@@ -221,7 +225,20 @@ async fn check_production(state: &AppState) -> Result<()> {
 pub async fn open_database(config: &learntrac_server::ServerConfig) -> Result<learntrac_store::Store> {
     let secret_store = learntrac_server::secrets::open_store(config, true)?;
     let url = learntrac_server::secrets::operator_database_url(config, &secret_store)?;
-    Ok(learntrac_store::Store::open_with(&url, &config.pool).await?)
+    let store = learntrac_store::Store::open_with(&url, &config.pool).await?;
+    learntrac_server::restrict_sqlite_files(&config.database_url);
+    Ok(store)
+}
+
+/// Fails unless the SQLite database of `config` exists, for commands that
+/// only read and must not create an empty one on a mistyped path.
+pub fn require_database(config: &learntrac_server::ServerConfig) -> Result<()> {
+    if let Some(path) = config.database_url.strip_prefix("sqlite://").map(|rest| rest.split('?').next().unwrap_or(rest))
+        && !std::path::Path::new(path).exists()
+    {
+        anyhow::bail!("no database at {path}; check --data-dir and database_url");
+    }
+    Ok(())
 }
 
 /// Creates the first administrator on an empty user pool and prints its

@@ -79,6 +79,42 @@ pub enum MetricsCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum AlertsCommand {
+    /// List alerts whose last firing is within the period, newest first.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        /// How far back to look, such as 1h or 7d.
+        #[arg(long, default_value = "1d")]
+        since: String,
+    },
+}
+
+pub async fn alerts(command: AlertsCommand) -> Result<()> {
+    let AlertsCommand::List { data, since } = command;
+    let since = since_seconds(Some(&since))?.unwrap_or(0);
+    let config = settings::resolve(&data)?;
+    learntrac_server::secrets::open_store(&config, false)?;
+    crate::require_database(&config)?;
+    let store = open_database(&config).await?;
+    println!("id\trule\tsubject\tfirst_at\tlast_at\tcount\tdelivered\tdetails");
+    for alert in store.alerts_since(since).await? {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            alert.id,
+            escape_field(&alert.rule),
+            escape_field(&alert.subject),
+            format_rfc3339(alert.first_at),
+            format_rfc3339(alert.last_at),
+            alert.count,
+            if alert.delivered { "yes" } else { "no" },
+            escape_field(&alert.details)
+        );
+    }
+    Ok(())
+}
+
 fn since_seconds(since: Option<&str>) -> Result<Option<i64>> {
     since.map(|text| parse_duration(text).map(|seconds| unix_now() - seconds)).transpose().map_err(anyhow::Error::msg)
 }
@@ -108,11 +144,18 @@ pub fn logs(command: LogsCommand) -> Result<()> {
     Ok(())
 }
 
-/// Opens the database and reads the audit key, with the operator's rights.
+/// Opens the database and reads the audit key of an existing data
+/// directory, with the operator's rights, creating nothing.
 async fn open_audit(config: &ServerConfig) -> Result<(Vec<u8>, Store)> {
-    let mut secrets = learntrac_server::secrets::open_store(config, true)?;
-    learntrac_server::secrets::ensure_generated_secrets(&mut secrets, unix_now())?;
-    let key = secrets.get(learntrac_secrets::AUDIT_KEY)?;
+    let secrets = learntrac_server::secrets::open_store(config, false)?;
+    let key = match secrets.get(learntrac_secrets::AUDIT_KEY) {
+        Ok(key) => key,
+        Err(learntrac_secrets::SecretError::NotFound(_)) => {
+            bail!("{} has no audit key yet; `learntrac serve` creates it on its first start", config.data_dir.display())
+        }
+        Err(error) => return Err(error.into()),
+    };
+    crate::require_database(config)?;
     let store = open_database(config).await?;
     Ok((key.expose().as_bytes().to_vec(), store))
 }
@@ -122,13 +165,27 @@ async fn open_audit(config: &ServerConfig) -> Result<(Vec<u8>, Store)> {
 /// standard error: a database that cannot be reached yet (before its
 /// password is stored, for example) does not undo it.
 pub async fn record_cli_action(config: &ServerConfig, action: &str, target: &str, details: &str) {
-    if let Err(error) = try_record_cli_action(config, action, target, details).await {
+    let result = match learntrac_server::secrets::open_store(config, true) {
+        Ok(secrets) => record_with_store(config, secrets, action, target, details).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = result {
         eprintln!("warning: {action} on {target} was done, but its audit record was not written: {error:#}");
     }
 }
 
-async fn try_record_cli_action(config: &ServerConfig, action: &str, target: &str, details: &str) -> Result<()> {
-    let (key, store) = open_audit(config).await?;
+/// Like [`record_cli_action`] with a secrets store the caller already
+/// opened, such as one just rotated to a new master key.
+pub async fn record_with_store(
+    config: &ServerConfig,
+    mut secrets: learntrac_secrets::SecretStore,
+    action: &str,
+    target: &str,
+    details: &str,
+) -> Result<()> {
+    learntrac_server::secrets::ensure_generated_secrets(&mut secrets, unix_now())?;
+    let key = secrets.get(learntrac_secrets::AUDIT_KEY)?.expose().as_bytes().to_vec();
+    let store = open_database(config).await?;
     let entry = AuditEntry {
         actor: learntrac_server::audit::Actor::Cli.label(),
         action: action.to_string(),
@@ -138,9 +195,11 @@ async fn try_record_cli_action(config: &ServerConfig, action: &str, target: &str
         outcome: "success".to_string(),
         details: details.to_string(),
     };
-    learntrac_server::audit::append(&store, &key, &entry, unix_now()).await;
+    let stored = learntrac_server::audit::append(&store, &key, &entry, unix_now()).await;
     store.close().await;
-    Ok(())
+    let Some(record) = stored else { bail!("the database did not store the record") };
+    let line = learntrac_server::audit::log_line(&record);
+    learntrac_server::logs::append_to_group(&config.logs, "audit", &line)
 }
 
 pub async fn audit(command: AuditCommand) -> Result<()> {
@@ -148,7 +207,7 @@ pub async fn audit(command: AuditCommand) -> Result<()> {
         AuditCommand::Verify { data } => {
             let config = settings::resolve(&data)?;
             let (key, store) = open_audit(&config).await?;
-            match store.verify_audit(&key).await? {
+            match learntrac_server::audit::verify_with_logs(&store, &key, &config.logs.dir).await? {
                 AuditVerification::Intact { records } => println!("audit trail intact: {records} records"),
                 AuditVerification::Broken { seq, reason } => {
                     bail!("LT-AUDIT-BROKEN: the audit trail is broken at record {seq}: {reason}")
@@ -167,22 +226,44 @@ pub async fn audit(command: AuditCommand) -> Result<()> {
                 limit: None,
             };
             for record in store.audit_records(&filter).await? {
-                println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                    record.seq,
+                let fields = [
+                    record.seq.to_string(),
                     format_rfc3339(record.at),
                     record.actor,
                     record.action,
                     record.target,
                     record.outcome,
-                    if record.client_address.is_empty() { "-" } else { &record.client_address },
-                    if record.request_id.is_empty() { "-" } else { &record.request_id },
-                    record.details
-                );
+                    record.client_address,
+                    record.request_id,
+                    record.details,
+                ];
+                let escaped: Vec<String> = fields.iter().map(|field| escape_field(field)).collect();
+                println!("{}", escaped.join("\t"));
             }
         }
     }
     Ok(())
+}
+
+/// Escapes a field for tab-separated output, so that text from users
+/// (a file name, a page name) cannot start a line or a column of its own;
+/// an empty field is `-`.
+fn escape_field(field: &str) -> String {
+    if field.is_empty() {
+        return "-".to_string();
+    }
+    let mut out = String::with_capacity(field.len());
+    for c in field.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Request counts of one period.
@@ -220,7 +301,17 @@ pub fn metrics(command: MetricsCommand) -> Result<()> {
             _ => {}
         }
     })
-    .with_context(|| format!("cannot read the access log in {}", config.logs.dir.display()))?;
+    .with_context(|| format!("cannot read the access log in {}", config.logs.dir.display()))
+    .and_then(|files| {
+        if files == 0 {
+            bail!("no gateway log files in {}; `learntrac serve` writes them", config.logs.dir.display());
+        }
+        Ok(files)
+    })?;
+    let periods_shown = (unix_now() - since) / period + 1;
+    if periods_shown > 10_000 {
+        bail!("--since and --period give {periods_shown} rows; use a longer --period");
+    }
 
     println!("period_start\trequests\t2xx\t3xx\t4xx\t5xx\t401\t403\t429");
     let first = since - since.rem_euclid(period);

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use learntrac_secrets::MasterKey;
 
-use crate::observe::record_cli_action;
+use crate::observe::{record_cli_action, record_with_store};
 use crate::{DataArgs, settings};
 
 #[derive(Subcommand)]
@@ -90,7 +90,11 @@ pub async fn run(command: SecretCommand) -> Result<()> {
                 "{} secrets re-encrypted from master key {} to {}",
                 rotation.reencrypted, rotation.old_key_id, rotation.new_key_id
             );
-            record_cli_action(&settings::resolve(&data)?, "master_key.rotate", "master_key", &details).await;
+            // The store now holds the new key, which the source may not
+            // give yet (an environment variable still holding the old one).
+            if let Err(error) = record_with_store(&config, store, "master_key.rotate", "master_key", &details).await {
+                eprintln!("warning: the rotation was done, but its audit record was not written: {error:#}");
+            }
             println!(
                 "re-encrypted {} secret(s); master key {} replaced by {}",
                 rotation.reencrypted, rotation.old_key_id, rotation.new_key_id

@@ -42,6 +42,7 @@ struct FileSettings {
     log_dir: Option<PathBuf>,
     log_max_mib: Option<u64>,
     log_retention_days: Option<u64>,
+    log_max_files: Option<usize>,
     log_client_address: Option<String>,
     metrics_listen: Option<String>,
     alert_webhook: Option<String>,
@@ -160,6 +161,14 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
     if let Some(production) = file.production {
         config.production = production;
     }
+    // Every command reads the variable, so that `check` sees what `serve` does.
+    if let Ok(value) = std::env::var("LEARNTRAC_PRODUCTION") {
+        config.production = match value.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" | "" => false,
+            other => bail!("LEARNTRAC_PRODUCTION={other:?} is invalid; use true or false"),
+        };
+    }
     if let Some(enabled) = file.password_grant {
         config.password_grant = enabled;
     }
@@ -175,6 +184,9 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
     if let Some(days) = file.log_retention_days {
         config.logs.retention = Duration::from_secs(in_range("log_retention_days", days, 1..=3650)? * 86_400);
     }
+    if let Some(count) = file.log_max_files {
+        config.logs.max_rotated_files = in_range("log_max_files", count, 1..=10_000)?;
+    }
     if let Some(mode) = file.log_client_address {
         config.log_client_address = mode.parse().map_err(|error: String| anyhow::anyhow!("{error} in {FILE_NAME}"))?;
     }
@@ -182,8 +194,10 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
         config.metrics_listen = metrics_listen(&value, FILE_NAME)?;
     }
     if let Some(url) = file.alert_webhook {
-        if !url.starts_with("https://") {
-            bail!("alert_webhook {url:?} in {FILE_NAME} must start with https://");
+        if url.starts_with("secret:") {
+            secret_reference("alert_webhook", &url)?;
+        } else if !url.to_ascii_lowercase().starts_with("https://") || url.len() <= "https://".len() {
+            bail!("alert_webhook in {FILE_NAME} must be an https:// address, or secret:NAME");
         }
         config.alerts.webhook = Some(url);
     }

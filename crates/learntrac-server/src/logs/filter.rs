@@ -9,7 +9,11 @@
 //! - `field=value`, `field!=value`: a JSON field (top level, or under
 //!   `fields` as tracing writes them; `a.b` for nested objects) equals, or
 //!   does not equal, the value;
-//! - `field>N`, `field>=N`, `field<N`, `field<=N`: a numeric comparison.
+//! - `field>N`, `field>=N`, `field<N`, `field<=N`: a numeric comparison;
+//! - `-field=value` and the like: the condition does not hold.
+//!
+//! Terms ignore case; field values are compared exactly (`level=WARN`).
+//! A pattern that starts with `-` is given as `--pattern=-term`.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -31,6 +35,7 @@ enum Item {
     Contains(String),
     Excludes(String),
     Field { path: String, comparison: Comparison, value: String },
+    Not(Box<Item>),
 }
 
 /// A parsed pattern.
@@ -83,7 +88,9 @@ fn words(text: &str) -> Result<Vec<(String, bool)>, String> {
     Ok(words)
 }
 
-fn field_condition(word: &str) -> Option<Item> {
+/// Parses `field OP value`; `None` when `word` is not a condition, and an
+/// error when it is one that can never match.
+fn field_condition(word: &str) -> Result<Option<Item>, String> {
     const OPERATORS: &[(&str, Comparison)] = &[
         (">=", Comparison::GreaterOrEqual),
         ("<=", Comparison::LessOrEqual),
@@ -92,16 +99,22 @@ fn field_condition(word: &str) -> Option<Item> {
         (">", Comparison::Greater),
         ("<", Comparison::Less),
     ];
-    let position = word.find(['=', '>', '<', '!'])?;
+    let Some(position) = word.find(['=', '>', '<', '!']) else { return Ok(None) };
     let path = &word[..position];
     let is_path = !path.is_empty() && path.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
     if !is_path {
-        return None;
+        return Ok(None);
     }
     let rest = &word[position..];
-    let (operator, comparison) = OPERATORS.iter().find(|(operator, _)| rest.starts_with(operator))?;
+    let Some((operator, comparison)) = OPERATORS.iter().find(|(operator, _)| rest.starts_with(operator)) else {
+        return Ok(None);
+    };
     let value = rest[operator.len()..].to_string();
-    Some(Item::Field { path: path.to_string(), comparison: *comparison, value })
+    let numeric = !matches!(comparison, Comparison::Equal | Comparison::NotEqual);
+    if numeric && value.parse::<f64>().is_err() {
+        return Err(format!("condition {word:?} compares with {value:?}, which is not a number"));
+    }
+    Ok(Some(Item::Field { path: path.to_string(), comparison: *comparison, value }))
 }
 
 impl std::str::FromStr for Pattern {
@@ -115,9 +128,13 @@ impl std::str::FromStr for Pattern {
                 continue;
             }
             let item = match word.strip_prefix('-') {
+                Some(excluded) if !excluded.is_empty() && !quoted => match field_condition(excluded)? {
+                    Some(condition) => Item::Not(Box::new(condition)),
+                    None => Item::Excludes(excluded.to_lowercase()),
+                },
                 Some(excluded) if !excluded.is_empty() => Item::Excludes(excluded.to_lowercase()),
                 _ if quoted => Item::Contains(word.to_lowercase()),
-                _ => field_condition(&word).unwrap_or_else(|| Item::Contains(word.to_lowercase())),
+                _ => field_condition(&word)?.unwrap_or_else(|| Item::Contains(word.to_lowercase())),
             };
             if let Some(clause) = clauses.last_mut() {
                 clause.push(item);
@@ -161,15 +178,18 @@ impl Pattern {
     /// Tests one log line; `event` is the line parsed as JSON, if it is JSON.
     pub fn matches(&self, line: &str, event: Option<&Value>) -> bool {
         let lower = line.to_lowercase();
-        self.clauses.iter().any(|clause| {
-            clause.iter().all(|item| match item {
-                Item::Contains(term) => lower.contains(term.as_str()),
-                Item::Excludes(term) => !lower.contains(term.as_str()),
-                Item::Field { path, comparison, value } => {
-                    event.is_some_and(|event| field_matches(event, path, comparison, value))
-                }
-            })
-        })
+        self.clauses.iter().any(|clause| clause.iter().all(|item| item_matches(item, &lower, event)))
+    }
+}
+
+fn item_matches(item: &Item, lower: &str, event: Option<&Value>) -> bool {
+    match item {
+        Item::Contains(term) => lower.contains(term.as_str()),
+        Item::Excludes(term) => !lower.contains(term.as_str()),
+        Item::Field { path, comparison, value } => {
+            event.is_some_and(|event| field_matches(event, path, comparison, value))
+        }
+        Item::Not(inner) => !item_matches(inner, lower, event),
     }
 }
 
@@ -248,6 +268,9 @@ mod tests {
         assert!(check("status!=200", DENIED));
         assert!(check("missing!=x", DENIED), "an absent field differs from any value");
         assert!(!check("missing=x", DENIED));
+        assert!(!check("-status=401", DENIED), "a negated condition excludes");
+        assert!(check("-status=401", SERVED));
+        assert!("status>abc".parse::<Pattern>().is_err(), "a comparison with text can never match");
     }
 
     #[test]

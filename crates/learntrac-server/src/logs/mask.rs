@@ -87,7 +87,8 @@ pub fn mask_email(email: &str) -> String {
 }
 
 fn is_local_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b".!#$%&'*+/=?^_`{|}~-".contains(&c)
+    // '/' is allowed in addresses but appears in paths far more often.
+    c.is_ascii_alphanumeric() || b".!#$%&'*+=?^_`{|}~-".contains(&c)
 }
 
 fn is_domain_char(c: u8) -> bool {
@@ -98,14 +99,43 @@ fn is_token_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'-' || c == b'_'
 }
 
-/// Masks every email address and JWT in `line`. Lines without `@` or
-/// `eyJ` (the base64 of a JSON header) are returned unchanged.
-pub fn mask_line(line: &str) -> Cow<'_, str> {
-    if !line.contains('@') && !line.contains("eyJ") {
+/// Decodes the percent escapes that can hide an address or a token from
+/// the scan: `%40` (`@`) and `%2E` (`.`), also double-encoded.
+fn decode_hiding_escapes(line: &str) -> Cow<'_, str> {
+    let lower = line.to_ascii_lowercase();
+    if !lower.contains("%40") && !lower.contains("%2e") && !lower.contains("%25") {
         return Cow::Borrowed(line);
     }
-    let bytes = line.as_bytes();
-    let mut out = String::with_capacity(line.len());
+    let mut text = line.to_string();
+    for (escaped, plain) in [("%2540", "@"), ("%252e", "."), ("%40", "@"), ("%2e", ".")] {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(position) = rest.to_ascii_lowercase().find(escaped) {
+            out.push_str(&rest[..position]);
+            out.push_str(plain);
+            rest = &rest[position + escaped.len()..];
+        }
+        out.push_str(rest);
+        text = out;
+    }
+    Cow::Owned(text)
+}
+
+/// Masks every email address and JWT in `line`, also when they are
+/// percent-encoded. Lines without `@`, `%40` or `eyJ` (the base64 of a
+/// JSON header) are returned unchanged. Works on bytes and cuts only at
+/// ASCII characters, so any UTF-8 text is safe.
+pub fn mask_line(line: &str) -> Cow<'_, str> {
+    if !line.contains('@') && !line.contains("eyJ") && !line.contains('%') {
+        return Cow::Borrowed(line);
+    }
+    let decoded = decode_hiding_escapes(line);
+    if !decoded.contains('@') && !decoded.contains("eyJ") {
+        return Cow::Borrowed(line);
+    }
+    let text: &str = &decoded;
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
     let mut copied = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -118,15 +148,18 @@ pub fn mask_line(line: &str) -> Cow<'_, str> {
             while end < bytes.len() && is_domain_char(bytes[end]) {
                 end += 1;
             }
-            let domain = &line[i + 1..end];
-            if start < i && (domain.contains('.') || domain == "localhost") {
-                out.push_str(&line[copied..start]);
-                out.push_str(&mask_email(&line[start..end]));
+            // A domain starts with a letter or digit and has at least two
+            // characters: "a@b" and "1.2@" are left alone.
+            let domain = &bytes[i + 1..end];
+            let domain_ok = domain.len() >= 2 && domain[0].is_ascii_alphanumeric();
+            if start < i && domain_ok {
+                out.push_str(&text[copied..start]);
+                out.push_str(&mask_email(&text[start..end]));
                 copied = end;
                 i = end;
                 continue;
             }
-        } else if line[i..].starts_with("eyJ") && (i == 0 || !is_token_char(bytes[i - 1])) {
+        } else if bytes[i..].starts_with(b"eyJ") && (i == 0 || !is_token_char(bytes[i - 1])) {
             let mut end = i;
             let mut dots = 0;
             while end < bytes.len() && (is_token_char(bytes[end]) || bytes[end] == b'.') {
@@ -134,7 +167,7 @@ pub fn mask_line(line: &str) -> Cow<'_, str> {
                 end += 1;
             }
             if dots >= 2 {
-                out.push_str(&line[copied..i]);
+                out.push_str(&text[copied..i]);
                 out.push_str("[token]");
                 copied = end;
                 i = end;
@@ -143,7 +176,7 @@ pub fn mask_line(line: &str) -> Cow<'_, str> {
         }
         i += 1;
     }
-    out.push_str(&line[copied..]);
+    out.push_str(&text[copied..]);
     Cow::Owned(out)
 }
 
@@ -160,9 +193,27 @@ mod tests {
 
     #[test]
     fn text_without_addresses_is_unchanged() {
-        for line in ["no at sign", "user @ host", "a@b", "version 1.2@"] {
+        for line in ["no at sign", "user @ host", "a@b", "version 1.2@", "100% done"] {
             assert_eq!(mask_line(line), line);
         }
+    }
+
+    #[test]
+    fn non_ascii_text_is_safe() {
+        assert_eq!(mask_line("/\u{fc}@x.io"), "/\u{fc}@x.io", "no local part in ASCII: nothing to mask");
+        assert_eq!(mask_line("Grüße an ann@example.org"), "Grüße an a***@example.org");
+        assert_eq!(mask_line("ü@é eyJ ü"), "ü@é eyJ ü");
+        for line in ["\u{fc}@\u{fc}", "é@eyJé.é.é", "日本@日本.jp eyJ日.本.語"] {
+            let _ = mask_line(line);
+        }
+    }
+
+    #[test]
+    fn encoded_addresses_and_tokens_are_masked() {
+        assert_eq!(mask_line("/api/v1/users/ann%40example.org"), "/api/v1/users/a***@example.org");
+        assert_eq!(mask_line("/x/eyJhbGciOi%2EeyJzdWIi%2Esig"), "/x/[token]");
+        assert_eq!(mask_line("/wiki/%C3%BC@example.org"), "/wiki/%***@example.org", "the path before stays");
+        assert_eq!(mask_line("mail ann@intranet now"), "mail a***@intranet now");
     }
 
     #[test]

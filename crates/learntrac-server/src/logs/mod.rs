@@ -32,6 +32,9 @@ pub struct LogSettings {
     pub max_file_bytes: u64,
     /// Rotated files older than this are deleted.
     pub retention: Duration,
+    /// At most this many rotated files are kept per group, so that a flood
+    /// of requests cannot fill the disk within the retention period.
+    pub max_rotated_files: usize,
 }
 
 impl LogSettings {
@@ -40,6 +43,7 @@ impl LogSettings {
             dir: data_dir.join("logs"),
             max_file_bytes: 10 * 1024 * 1024,
             retention: Duration::from_secs(30 * 24 * 3600),
+            max_rotated_files: 20,
         }
     }
 }
@@ -82,6 +86,7 @@ fn group_of(target: &str) -> &'static str {
     match target {
         "learntrac::access" => "gateway",
         "learntrac::audit" => "audit",
+        "learntrac::alert" => "gateway",
         _ => crate::gateway::current_role().unwrap_or("gateway"),
     }
 }
@@ -122,7 +127,12 @@ impl Drop for MaskedWriter {
             return;
         }
         let text = String::from_utf8_lossy(&self.buffer);
-        let masked = mask::mask_line(&text);
+        // A panic here would leave the formatter's buffer behind and break
+        // every later event on this thread, so a failure drops the line.
+        let masked = std::panic::catch_unwind(|| mask::mask_line(&text).into_owned()).unwrap_or_else(|_| {
+            "{\"level\":\"ERROR\",\"fields\":{\"message\":\"a log line was dropped because masking failed\"}}\n"
+                .to_string()
+        });
         // A log line that cannot be written has nowhere else to go.
         let _ = match &self.sink {
             Sink::Stdout => std::io::stdout().lock().write_all(masked.as_bytes()),
@@ -173,7 +183,13 @@ impl GroupFiles {
     }
 }
 
+/// Creates the log directory with mode 0700. An existing directory keeps
+/// its mode, because it may be shared with other services; the files in it
+/// are created with mode 0600.
 fn create_private_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the log directory {}", dir.display()))?;
     #[cfg(unix)]
     {
@@ -190,6 +206,7 @@ struct RotatingFile {
     path: PathBuf,
     max_bytes: u64,
     retention: Duration,
+    max_rotated: usize,
     state: Mutex<(File, u64)>,
 }
 
@@ -209,6 +226,7 @@ impl RotatingFile {
             path,
             max_bytes: settings.max_file_bytes,
             retention: settings.retention,
+            max_rotated: settings.max_rotated_files,
             state: Mutex::new((file, size)),
         })
     }
@@ -229,19 +247,34 @@ impl RotatingFile {
         Ok(())
     }
 
-    /// Deletes this file's rotated copies that are older than the retention.
+    /// Deletes this file's rotated copies that are older than the retention,
+    /// and the oldest ones beyond the maximum count.
     fn delete_expired(&self) {
-        for rotated in rotated_files(&self.path) {
-            let expired = std::fs::metadata(&rotated)
+        let rotated = rotated_files(&self.path);
+        let excess = rotated.len().saturating_sub(self.max_rotated);
+        for oldest in &rotated[..excess] {
+            let _ = std::fs::remove_file(oldest);
+        }
+        for rotated in &rotated[excess..] {
+            let expired = std::fs::metadata(rotated)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|modified| modified.elapsed().ok())
                 .is_some_and(|age| age > self.retention);
             if expired {
-                let _ = std::fs::remove_file(&rotated);
+                let _ = std::fs::remove_file(rotated);
             }
         }
     }
+}
+
+/// Appends `line` to a group's current file, creating the directory and
+/// the file if needed; for commands that write no other logs there.
+pub fn append_to_group(settings: &LogSettings, group: &str, line: &str) -> Result<()> {
+    create_private_dir(&settings.dir)?;
+    let path = settings.dir.join(format!("{group}.log"));
+    let mut file = open_append(&path).with_context(|| format!("cannot open the log file {}", path.display()))?;
+    file.write_all(line.as_bytes()).with_context(|| format!("cannot write the log file {}", path.display()))
 }
 
 /// Lists the rotated copies of `path` (`path.N`), oldest first.
@@ -281,7 +314,12 @@ mod tests {
     #[test]
     fn files_rotate_by_size_and_expire() {
         let dir = std::env::temp_dir().join(format!("lt-logs-{}", crate::random_token(6)));
-        let settings = LogSettings { dir: dir.clone(), max_file_bytes: 100, retention: Duration::from_secs(3600) };
+        let settings = LogSettings {
+            dir: dir.clone(),
+            max_file_bytes: 100,
+            retention: Duration::from_secs(3600),
+            max_rotated_files: 20,
+        };
         create_private_dir(&dir).expect("dir");
         let file = RotatingFile::open(dir.join("api.log"), &settings).expect("open");
         for i in 0..10 {

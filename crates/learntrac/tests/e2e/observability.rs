@@ -134,6 +134,10 @@ async fn metrics_count_requests_and_sign_ins() {
     assert_eq!(status, 404);
     let wrong = server.token_response("ann@example.org", "Wrong-Password-1!").await;
     assert_eq!(wrong.status(), 400);
+    for unknown in ["/api/v1/c123", "/api/v1/c456", "/no-such-page-789"] {
+        let (status, _) = server.get_json(&token, unknown).await;
+        assert_eq!(status, 404, "{unknown}");
+    }
 
     let text = reqwest::get(server.metrics_url()).await.expect("metrics").text().await.expect("text");
     for expected in [
@@ -145,6 +149,10 @@ async fn metrics_count_requests_and_sign_ins() {
         "learntrac_db_connections_max",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(text.contains("route=\"unmatched\",method=\"GET\",status=\"4xx\"} 3"), "{text}");
+    for unknown in ["c123", "c456", "no-such-page"] {
+        assert!(!text.contains(unknown), "an unknown path must not become a series: {unknown}");
     }
 }
 
@@ -279,6 +287,49 @@ async fn audit_trail_detects_tampering() {
 
     let check = server.cli(&["check"], "");
     assert!(stdout(&check).contains("fail\taudit_chain"), "{}", stdout(&check));
+}
+
+#[tokio::test]
+async fn audit_tail_removal_is_detected() {
+    let mut server = Server::new().await;
+    server.add_user("ann@example.org", "students");
+    server.serve().await;
+    let verify = server.cli(&["audit", "verify"], "");
+    assert!(verify.status.success(), "{}", stderr(&verify));
+
+    // Remove the newest record and rewind the head: the chain in the
+    // database is valid again, but the audit log files still list it.
+    let pool = raw_database(&server).await;
+    let newest: i64 =
+        sqlx::Row::get(&sqlx::query("SELECT MAX(seq) AS m FROM audit_log").fetch_one(&pool).await.expect("max"), "m");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM audit_log WHERE seq = {newest}")))
+        .execute(&pool)
+        .await
+        .expect("delete the newest record");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE audit_head SET seq = {}, hash = (SELECT hash FROM audit_log WHERE seq = {})",
+        newest - 1,
+        newest - 1
+    )))
+    .execute(&pool)
+    .await
+    .expect("rewind the head");
+    pool.close().await;
+
+    let removed = server.cli(&["audit", "verify"], "");
+    assert!(!removed.status.success(), "{}", stdout(&removed));
+    assert!(stderr(&removed).contains(&format!("broken at record {newest}")), "{}", stderr(&removed));
+    assert!(stderr(&removed).contains("audit log files"), "{}", stderr(&removed));
+}
+
+#[tokio::test]
+async fn audit_commands_create_nothing() {
+    let server = Server::new().await;
+    let missing = server.data_dir.join("no-such-dir");
+    let output = server.cli(&["audit", "verify", "--data-dir", missing.to_str().expect("utf-8")], "");
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("does not exist"), "{}", stderr(&output));
+    assert!(!missing.exists(), "a mistyped --data-dir must not be created");
 }
 
 #[tokio::test]
