@@ -212,6 +212,14 @@ impl SecretStore {
                 self.keys.set_next(next);
             }
         }
+        // A next key given by the caller (--new-key-file) for a key file is
+        // written to FILE.next too, so that the file can be moved in place
+        // at the end and an interrupted run can be finished.
+        if let (Some(next), Some(path)) = (self.keys.next(), self.keys.source().next_key_path())
+            && !path.exists()
+        {
+            next.write_file(&path)?;
+        }
         let new_key_id = self.keys.encrypting().id().to_string();
 
         let names: Vec<String> = self

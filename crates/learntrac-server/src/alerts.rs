@@ -75,9 +75,10 @@ pub struct Alerts {
     /// The webhook address, read from the secrets store when configured
     /// as `secret:NAME`.
     webhook_url: Option<String>,
-    /// Alerts whose delivery is under way, so that a repeat does not post
-    /// them a second time.
-    delivering: Mutex<std::collections::HashSet<i64>>,
+    /// Deliveries by alert id: under way (false) or done (true), so that a
+    /// repeat does not post an alert a second time, even before the
+    /// database shows it as delivered.
+    deliveries: Mutex<HashMap<i64, bool>>,
 }
 
 const WEBHOOK_ATTEMPTS: u32 = 4;
@@ -98,7 +99,7 @@ impl Alerts {
             windows: Mutex::new(HashMap::new()),
             client,
             webhook_url,
-            delivering: Mutex::new(std::collections::HashSet::new()),
+            deliveries: Mutex::new(HashMap::new()),
         })
     }
 
@@ -188,8 +189,13 @@ pub async fn fire(state: &AppState, rule: Rule, subject: &str, details: &str) ->
     // delivery is under way, so a webhook that was down when the alert
     // opened still hears of it.
     let post = {
-        let mut delivering = state.alerts.delivering.lock().unwrap_or_else(|p| p.into_inner());
-        state.alerts.client.is_some() && (new || !alert.delivered) && delivering.insert(alert.id)
+        let mut deliveries = state.alerts.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = !deliveries.contains_key(&alert.id);
+        let post = state.alerts.client.is_some() && (new || !alert.delivered) && idle;
+        if post {
+            deliveries.insert(alert.id, false);
+        }
+        post
     };
     tracing::warn!(
         target: "learntrac::alert",
@@ -212,8 +218,13 @@ pub async fn fire(state: &AppState, rule: Rule, subject: &str, details: &str) ->
 
 async fn deliver(state: &AppState, client: &reqwest::Client, url: &str, alert: learntrac_store::AlertRecord) {
     let id = alert.id;
-    deliver_with_retries(state, client, url, alert).await;
-    state.alerts.delivering.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    let delivered = deliver_with_retries(state, client, url, alert).await;
+    let mut deliveries = state.alerts.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+    if delivered {
+        deliveries.insert(id, true);
+    } else {
+        deliveries.remove(&id);
+    }
 }
 
 async fn deliver_with_retries(
@@ -221,7 +232,7 @@ async fn deliver_with_retries(
     client: &reqwest::Client,
     url: &str,
     alert: learntrac_store::AlertRecord,
-) {
+) -> bool {
     let body = serde_json::json!({
         "source": "learntrac",
         "instance": state.config.public_url,
@@ -239,7 +250,7 @@ async fn deliver_with_retries(
                 if let Err(error) = state.store.mark_alert_delivered(alert.id).await {
                     tracing::error!(alert_id = alert.id, error = %error, "cannot mark an alert as delivered");
                 }
-                return;
+                return true;
             }
             Ok(response) => format!("status {}", response.status()),
             Err(error) => error_chain(&error.without_url()),
@@ -255,6 +266,7 @@ async fn deliver_with_retries(
         attempts = WEBHOOK_ATTEMPTS,
         "alert webhook gave up; the alert stays in the alerts table"
     );
+    false
 }
 
 /// Formats an error with its causes, which reqwest keeps out of its own message.

@@ -73,6 +73,7 @@ pub async fn append(store: &Store, key: &[u8], entry: &AuditEntry, now: i64) -> 
             request_id = %stored.request_id,
             outcome = %stored.outcome,
             details = %stored.details,
+            hash = %stored.hash,
             "audit"
             );
             Some(stored)
@@ -105,40 +106,51 @@ pub fn log_line(record: &AuditRecord) -> String {
             "request_id": record.request_id,
             "outcome": record.outcome,
             "details": record.details,
+            "hash": record.hash,
         },
         "target": "learntrac::audit",
     });
     format!("{}\n", crate::logs::mask::mask_line(&line.to_string()))
 }
 
-/// The highest sequence number in the `audit` log group's files.
-pub fn highest_logged_seq(log_dir: &std::path::Path) -> Option<i64> {
-    let mut highest = None;
+/// The sequence numbers and HMACs of the records in the `audit` log
+/// group's files, in file order.
+pub fn logged_records(log_dir: &std::path::Path) -> Vec<(i64, String)> {
+    let mut logged = Vec::new();
     let _ = crate::logs::filter::scan_group(log_dir, "audit", None, None, |_, event| {
-        if let Some(seq) = event["fields"]["seq"].as_i64() {
-            highest = highest.max(Some(seq));
+        if let (Some(seq), Some(hash)) = (event["fields"]["seq"].as_i64(), event["fields"]["hash"].as_str()) {
+            logged.push((seq, hash.to_string()));
         }
     });
-    highest
+    logged
 }
 
-/// Verifies the chain in the database, then that it is not shorter than
-/// the copy in the `audit` log files: removing the newest records and
-/// rewinding the head row leaves a valid chain, but not the log lines.
+/// Verifies the chain in the database, then that every record in the
+/// `audit` log files is in the database with the same HMAC: removing the
+/// newest records and rewinding the head row leaves a valid chain, and so
+/// does writing new records over their numbers, but neither matches the
+/// log lines.
 pub async fn verify_with_logs(
     store: &Store,
     key: &[u8],
     log_dir: &std::path::Path,
 ) -> learntrac_store::Result<AuditVerification> {
     let verification = store.verify_audit(key).await?;
-    if let AuditVerification::Intact { records } = verification
-        && let Some(logged) = highest_logged_seq(log_dir)
-        && logged > records
-    {
-        return Ok(AuditVerification::Broken {
-            seq: records + 1,
-            reason: format!("records {} to {logged} are in the audit log files but not in the database", records + 1),
-        });
+    if !matches!(verification, AuditVerification::Intact { .. }) {
+        return Ok(verification);
+    }
+    let stored = store.audit_hashes().await?;
+    let mismatch = logged_records(log_dir)
+        .into_iter()
+        .filter(|(seq, hash)| stored.get(seq) != Some(hash))
+        .min_by_key(|(seq, _)| *seq);
+    if let Some((seq, _)) = mismatch {
+        let reason = if stored.contains_key(&seq) {
+            "it differs from the copy in the audit log files".to_string()
+        } else {
+            "it is in the audit log files but not in the database".to_string()
+        };
+        return Ok(AuditVerification::Broken { seq, reason });
     }
     Ok(verification)
 }

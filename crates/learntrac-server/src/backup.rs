@@ -120,17 +120,22 @@ fn check_output_path(config: &ServerConfig, out: &Path, overwrite: bool) -> Resu
     };
     let parent =
         parent.canonicalize().with_context(|| format!("the directory of --out {} does not exist", out.display()))?;
-    let in_backup_dir = config.backup_dir.canonicalize().is_ok_and(|backup_dir| parent.starts_with(backup_dir));
     if let Ok(data_dir) = config.data_dir.canonicalize()
         && parent.starts_with(&data_dir)
-        && !in_backup_dir
     {
-        bail!(
-            "--out {} is inside the data directory, among the files it must not replace; \
-             write backups to backup_dir ({}) or outside the data directory",
-            out.display(),
-            config.backup_dir.display()
-        );
+        // Only a backup directory below the data directory makes a path
+        // in it acceptable; one that contains the data directory does not.
+        let in_backup_dir = config.backup_dir.canonicalize().is_ok_and(|backup_dir| {
+            backup_dir != data_dir && backup_dir.starts_with(&data_dir) && parent.starts_with(&backup_dir)
+        });
+        if !in_backup_dir {
+            bail!(
+                "--out {} is inside the data directory, among the files it must not replace; \
+                 write backups to backup_dir ({}) or outside the data directory",
+                out.display(),
+                config.backup_dir.display()
+            );
+        }
     }
     // A dangling link counts as existing too.
     if out.symlink_metadata().is_ok() && !overwrite {
@@ -310,7 +315,7 @@ pub async fn restore(config: &ServerConfig, path: &Path) -> Result<Summary> {
     if let Some(database) = sqlite_path(&config.database_url)
         && !database.exists()
     {
-        for suffix in ["", "-wal", "-shm"] {
+        for suffix in ["", "-wal", "-shm", "-migrate.lock"] {
             written.push(PathBuf::from(format!("{}{suffix}", database.display())));
         }
     }

@@ -78,7 +78,7 @@ pub async fn run(
             control(
                 "production_mode",
                 Status::Warn,
-                "neither production in learntrac.toml nor LEARNTRAC_PRODUCTION is set; \
+                "production mode is off (production in learntrac.toml, overridden by LEARNTRAC_PRODUCTION when set); \
                  a --production flag given to serve is not visible here",
             )
         },

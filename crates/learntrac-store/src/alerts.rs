@@ -51,6 +51,14 @@ impl Store {
         now: i64,
     ) -> Result<Raised> {
         let mut tx = self.pool.begin().await?;
+        if self.backend == crate::Backend::Postgres {
+            // Two firings at once would both find no open alert and open
+            // two; SQLite serialises the writes, PostgreSQL needs a lock.
+            sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(hashtext($1))) AS lock")
+                .bind(format!("alert:{rule}:{subject}"))
+                .fetch_one(&mut *tx)
+                .await?;
+        }
         let updated = sqlx::query(
             "UPDATE alerts SET count = count + 1, last_at = $1, details = $2 \
              WHERE id = (SELECT MAX(id) FROM alerts WHERE rule = $3 AND subject = $4 AND last_at >= $5)",

@@ -150,6 +150,12 @@ impl Store {
         })
     }
 
+    /// The HMAC of every record by sequence number.
+    pub async fn audit_hashes(&self) -> Result<std::collections::HashMap<i64, String>> {
+        let rows = sqlx::query("SELECT seq, hash FROM audit_log").fetch_all(&self.pool).await?;
+        rows.iter().map(|row| Ok((row.try_get("seq")?, row.try_get("hash")?))).collect()
+    }
+
     /// Records matching `filter`, oldest first.
     pub async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
         let rows = sqlx::query(

@@ -213,17 +213,16 @@ pub fn postgres_target(url: &str) -> Result<Option<PostgresTarget>> {
 
 /// Locks `DATABASE-migrate.lock` beside a SQLite file until the returned
 /// file is dropped; `None` for in-memory databases or when the lock file
-/// cannot be created (the migration then runs unlocked, as before).
+/// cannot be created (the migration then runs unlocked).
 fn sqlite_migration_lock(url: &str) -> Option<std::fs::File> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path =
         rest.split('?').next().filter(|p| !p.is_empty() && !p.starts_with("file:") && !p.contains(":memory:"))?;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(format!("{path}-migrate.lock"))
-        .ok()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let lock = options.open(format!("{path}-migrate.lock")).ok()?;
     lock.lock().ok()?;
     Some(lock)
 }

@@ -151,6 +151,15 @@ async fn open_audit(config: &ServerConfig) -> Result<(Vec<u8>, Store)> {
     let key = match secrets.get(learntrac_secrets::AUDIT_KEY) {
         Ok(key) => key,
         Err(learntrac_secrets::SecretError::NotFound(_)) => {
+            crate::require_database(config)?;
+            let store = open_database(config).await?;
+            let recorded = store.audit_records(&AuditFilter { limit: Some(1), ..AuditFilter::default() }).await?;
+            if !recorded.is_empty() {
+                bail!(
+                    "the secrets store has no audit key, but the database holds audit records: restore secrets.json \
+                     from a backup before starting the server, which would create a new key that cannot check them"
+                );
+            }
             bail!("{} has no audit key yet; `learntrac serve` creates it on its first start", config.data_dir.display())
         }
         Err(error) => return Err(error.into()),
@@ -185,7 +194,11 @@ pub async fn record_with_store(
 ) -> Result<()> {
     learntrac_server::secrets::ensure_generated_secrets(&mut secrets, unix_now())?;
     let key = secrets.get(learntrac_secrets::AUDIT_KEY)?.expose().as_bytes().to_vec();
-    let store = open_database(config).await?;
+    // The database password comes from this store: after a rotation the
+    // configured key source may still give the old key.
+    let url = learntrac_server::secrets::operator_database_url(config, &secrets)?;
+    let store = Store::open_with(&url, &config.pool).await?;
+    learntrac_server::restrict_sqlite_files(&config.database_url);
     let entry = AuditEntry {
         actor: learntrac_server::audit::Actor::Cli.label(),
         action: action.to_string(),

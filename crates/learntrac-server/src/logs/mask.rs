@@ -100,25 +100,43 @@ fn is_token_char(c: u8) -> bool {
 }
 
 /// Decodes the percent escapes that can hide an address or a token from
-/// the scan: `%40` (`@`) and `%2E` (`.`), also double-encoded.
+/// the scan: `%40` (`@`) and `%2E` (`.`), also encoded again as `%2540`
+/// and `%252E`. One pass over the line.
 fn decode_hiding_escapes(line: &str) -> Cow<'_, str> {
-    let lower = line.to_ascii_lowercase();
-    if !lower.contains("%40") && !lower.contains("%2e") && !lower.contains("%25") {
+    let bytes = line.as_bytes();
+    let escape_at = |i: usize| -> Option<(usize, char)> {
+        let hex = |start: usize| bytes.get(start..start + 2).map(|pair| pair.to_ascii_lowercase());
+        if bytes.get(i) != Some(&b'%') {
+            return None;
+        }
+        let (skip, code) = match hex(i + 1).as_deref() {
+            Some(b"25") => (5, hex(i + 3)),
+            _ => (3, hex(i + 1)),
+        };
+        match code.as_deref() {
+            Some(b"40") => Some((skip, '@')),
+            Some(b"2e") => Some((skip, '.')),
+            _ => None,
+        }
+    };
+    if !(0..bytes.len()).any(|i| escape_at(i).is_some()) {
         return Cow::Borrowed(line);
     }
-    let mut text = line.to_string();
-    for (escaped, plain) in [("%2540", "@"), ("%252e", "."), ("%40", "@"), ("%2e", ".")] {
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text.as_str();
-        while let Some(position) = rest.to_ascii_lowercase().find(escaped) {
-            out.push_str(&rest[..position]);
-            out.push_str(plain);
-            rest = &rest[position + escaped.len()..];
+    let mut out = String::with_capacity(line.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some((skip, plain)) = escape_at(i) {
+            out.push_str(&line[copied..i]);
+            out.push(plain);
+            i += skip;
+            copied = i;
+        } else {
+            i += 1;
         }
-        out.push_str(rest);
-        text = out;
     }
-    Cow::Owned(text)
+    out.push_str(&line[copied..]);
+    Cow::Owned(out)
 }
 
 /// Masks every email address and JWT in `line`, also when they are
@@ -214,6 +232,9 @@ mod tests {
         assert_eq!(mask_line("/x/eyJhbGciOi%2EeyJzdWIi%2Esig"), "/x/[token]");
         assert_eq!(mask_line("/wiki/%C3%BC@example.org"), "/wiki/%***@example.org", "the path before stays");
         assert_eq!(mask_line("mail ann@intranet now"), "mail a***@intranet now");
+        assert_eq!(mask_line("/u/ann%2540example%252Eorg"), "/u/a***@example.org");
+        let long = format!("/x/{}@", "%2e".repeat(5000));
+        assert_eq!(mask_line(&long), format!("/x/{}@", ".".repeat(5000)));
     }
 
     #[test]

@@ -183,11 +183,30 @@ impl GroupFiles {
     }
 }
 
+/// Reads the real user id of this process from `/proc/self/status`.
+fn current_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| line.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
+}
+
 /// Creates the log directory with mode 0700. An existing directory keeps
 /// its mode, because it may be shared with other services; the files in it
-/// are created with mode 0600.
+/// are created with mode 0600, and a warning names a directory that
+/// others may write to.
 fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0);
+            if mode & 0o022 != 0 {
+                eprintln!(
+                    "warning: other users may write to the log directory {} (mode {mode:04o}); \
+                     give LearnTrac a directory of its own",
+                    dir.display()
+                );
+            }
+        }
         return Ok(());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the log directory {}", dir.display()))?;
@@ -210,7 +229,28 @@ struct RotatingFile {
     state: Mutex<(File, u64)>,
 }
 
+/// Opens a log file for appending, creating it with mode 0600. In a
+/// directory that other users may write to, a link or a file they own
+/// could redirect or expose the lines, so both are rejected.
 fn open_append(path: &Path) -> std::io::Result<File> {
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if metadata.file_type().is_symlink() {
+            return Err(std::io::Error::other(format!("{} is a symbolic link; remove it", path.display())));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if let Some(uid) = current_uid()
+                && metadata.uid() != uid
+            {
+                return Err(std::io::Error::other(format!(
+                    "{} belongs to another user (uid {}); remove it",
+                    path.display(),
+                    metadata.uid()
+                )));
+            }
+        }
+    }
     let mut options = std::fs::OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]

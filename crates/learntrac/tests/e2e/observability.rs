@@ -320,6 +320,12 @@ async fn audit_tail_removal_is_detected() {
     assert!(!removed.status.success(), "{}", stdout(&removed));
     assert!(stderr(&removed).contains(&format!("broken at record {newest}")), "{}", stderr(&removed));
     assert!(stderr(&removed).contains("audit log files"), "{}", stderr(&removed));
+
+    // A new record takes the removed number, and still does not match the logs.
+    server.add_user("bob@example.org", "students");
+    let overwritten = server.cli(&["audit", "verify"], "");
+    assert!(!overwritten.status.success(), "{}", stdout(&overwritten));
+    assert!(stderr(&overwritten).contains(&format!("broken at record {newest}")), "{}", stderr(&overwritten));
 }
 
 #[tokio::test]
