@@ -112,6 +112,18 @@ fn certificate_problems(config: &ServerConfig, now: i64, problems: &mut Vec<Stri
                     crate::time::format_rfc3339(leaf.not_before)
                 ));
             }
+            let host = url_host(&config.public_url);
+            if !leaf.covers(host) {
+                let names: Vec<String> =
+                    leaf.dns_names.iter().cloned().chain(leaf.ip_addresses.iter().map(|ip| ip.to_string())).collect();
+                problems.push(format!(
+                    "TLS certificate {} names {}, not {host}, the host of public_url {}; \
+                     use a certificate for that host or correct public_url",
+                    cert_path.display(),
+                    if names.is_empty() { "no subject alternative name".to_string() } else { names.join(", ") },
+                    config.public_url
+                ));
+            }
             if leaf.self_signed {
                 problems.push(format!(
                     "TLS certificate {} is self-signed; use one issued by a certificate authority",
@@ -238,6 +250,39 @@ pub struct LeafCertificate {
     pub not_before: i64,
     /// End of validity, Unix seconds.
     pub not_after: i64,
+    /// The DNS names of the subject alternative name extension.
+    pub dns_names: Vec<String>,
+    /// The IP addresses of the subject alternative name extension.
+    pub ip_addresses: Vec<std::net::IpAddr>,
+}
+
+impl LeafCertificate {
+    /// Whether the certificate names `host`: an IP address among its
+    /// addresses, or a DNS name equal to one of its names, ignoring case,
+    /// where `*.` in a name matches exactly one label.
+    pub fn covers(&self, host: &str) -> bool {
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+            return self.ip_addresses.contains(&ip);
+        }
+        let host = host.to_ascii_lowercase();
+        self.dns_names.iter().any(|name| {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix("*.") {
+                Some(suffix) => host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+                None => name == host,
+            }
+        })
+    }
+}
+
+/// The host of a URL such as `https://learn.example.org:8443/`.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.starts_with('[') {
+        return authority.split_inclusive(']').next().unwrap_or(authority);
+    }
+    authority.rsplit_once(':').map_or(authority, |(host, _)| host)
 }
 
 /// Reads the first certificate of a PEM file.
@@ -288,7 +333,17 @@ mod der {
         let (0x30, _signature, rest) = read(rest)? else { return None };
         let (0x30, issuer, rest) = read(rest)? else { return None };
         let (0x30, validity, rest) = read(rest)? else { return None };
-        let (0x30, subject, _) = read(rest)? else { return None };
+        let (0x30, subject, rest) = read(rest)? else { return None };
+        let (0x30, _public_key, mut rest) = read(rest)? else { return None };
+        let mut alternative_names = None;
+        while !rest.is_empty() {
+            let (tag, contents, after) = read(rest)?;
+            if tag == 0xa3 {
+                alternative_names = subject_alternative_names(contents);
+            }
+            rest = after;
+        }
+        let (dns_names, ip_addresses) = alternative_names.unwrap_or_default();
         let (before_tag, not_before, after) = read(validity)?;
         let (after_tag, not_after, _) = read(after)?;
         let local_ca = crate::tls::LOCAL_CA_NAME.as_bytes();
@@ -297,7 +352,45 @@ mod der {
             development: issuer.windows(local_ca.len()).any(|window| window == local_ca),
             not_before: parse_time(before_tag, not_before)?,
             not_after: parse_time(after_tag, not_after)?,
+            dns_names,
+            ip_addresses,
         })
+    }
+
+    /// The object identifier 2.5.29.17, subject alternative name.
+    const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+
+    /// Reads the DNS names and IP addresses of the subject alternative name
+    /// extension from the contents of the `[3]` extensions field.
+    fn subject_alternative_names(explicit: &[u8]) -> Option<(Vec<String>, Vec<std::net::IpAddr>)> {
+        let (0x30, mut extensions, _) = read(explicit)? else { return None };
+        while !extensions.is_empty() {
+            let (0x30, extension, after) = read(extensions)? else { return None };
+            extensions = after;
+            let (0x06, oid, mut fields) = read(extension)? else { return None };
+            if oid != SUBJECT_ALT_NAME {
+                continue;
+            }
+            if fields.first() == Some(&0x01) {
+                fields = read(fields)?.2;
+            }
+            let (0x04, value, _) = read(fields)? else { return None };
+            let (0x30, mut names, _) = read(value)? else { return None };
+            let mut dns_names = Vec::new();
+            let mut ip_addresses = Vec::new();
+            while !names.is_empty() {
+                let (tag, name, after) = read(names)?;
+                names = after;
+                match (tag, name.len()) {
+                    (0x82, _) => dns_names.push(String::from_utf8_lossy(name).to_string()),
+                    (0x87, 4) => ip_addresses.push(std::net::IpAddr::from(<[u8; 4]>::try_from(name).ok()?)),
+                    (0x87, 16) => ip_addresses.push(std::net::IpAddr::from(<[u8; 16]>::try_from(name).ok()?)),
+                    _ => {}
+                }
+            }
+            return Some((dns_names, ip_addresses));
+        }
+        None
     }
 
     /// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
@@ -368,6 +461,11 @@ mod tests {
         let issued = read_leaf(&write_certificate(&dir, false, false)).expect("issued");
         assert!(!issued.self_signed);
         assert!(issued.not_after > now);
+        assert_eq!(issued.dns_names, vec!["learntrac.example.org".to_string()]);
+        assert!(issued.covers("learntrac.example.org"));
+        assert!(issued.covers("LearnTrac.Example.org"));
+        assert!(!issued.covers("other.example.org"));
+        assert!(!issued.covers("127.0.0.1"));
 
         let own = read_leaf(&write_certificate(&dir, true, false)).expect("self-signed");
         assert!(own.self_signed);
@@ -375,6 +473,26 @@ mod tests {
         let old = read_leaf(&write_certificate(&dir, false, true)).expect("expired");
         assert_eq!(old.not_after, 1_609_459_200);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn wildcards_and_addresses_are_matched() {
+        let leaf = LeafCertificate {
+            self_signed: false,
+            development: false,
+            not_before: 0,
+            not_after: 0,
+            dns_names: vec!["*.example.org".into()],
+            ip_addresses: vec!["10.0.0.5".parse().expect("ip"), "::1".parse().expect("ip")],
+        };
+        assert!(leaf.covers("learn.example.org"));
+        assert!(!leaf.covers("a.learn.example.org"), "a wildcard matches one label");
+        assert!(!leaf.covers("example.org"));
+        assert!(leaf.covers("10.0.0.5"));
+        assert!(leaf.covers("[::1]"));
+        assert_eq!(url_host("https://learn.example.org:8443/x"), "learn.example.org");
+        assert_eq!(url_host("https://[::1]:8443"), "[::1]");
+        assert_eq!(url_host("https://localhost"), "localhost");
     }
 
     #[test]

@@ -358,8 +358,9 @@ async fn no_plaintext_secret_at_rest_or_in_logs() {
 /// self-signed) and its key; returns the two paths.
 fn write_certificate(dir: &Path, kind: &str) -> (PathBuf, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let host = if kind == "other-host" { "other.example.net" } else { "localhost" };
+    let mut params = CertificateParams::new(vec![host.to_string()]).expect("params");
+    params.distinguished_name.push(DnType::CommonName, host);
     if kind == "expired" {
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
@@ -411,7 +412,9 @@ async fn production_mode_rejects_development_setup() {
 
 #[tokio::test]
 async fn production_mode_rejects_bad_certificates() {
-    for kind in ["self-signed", "expired"] {
+    for (kind, expected) in
+        [("self-signed", "self-signed"), ("expired", "expired"), ("other-host", "other.example.net")]
+    {
         let server = Server::new().await;
         let (cert, key) = write_certificate(&server.data_dir, kind);
         server.write_settings(&format!(
@@ -421,7 +424,7 @@ async fn production_mode_rejects_bad_certificates() {
         ));
         let output = server.run_until_exit(&serve_args(), LIMIT);
         assert!(!output.status.success(), "{kind} certificate accepted");
-        assert!(stderr(&output).contains(kind), "{kind}: {}", stderr(&output));
+        assert!(stderr(&output).contains(expected), "{kind}: {}", stderr(&output));
     }
 }
 
