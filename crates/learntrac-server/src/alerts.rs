@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use learntrac_store::Raised;
@@ -70,7 +70,7 @@ impl Rule {
 /// The counting windows of the rules that count.
 pub struct Alerts {
     settings: AlertSettings,
-    windows: Mutex<HashMap<(Rule, String), (i64, u32)>>,
+    windows: crate::window::WindowCounter<(Rule, String)>,
     client: Option<reqwest::Client>,
     /// The webhook address, read from the secrets store when configured
     /// as `secret:NAME`.
@@ -96,7 +96,7 @@ impl Alerts {
         };
         Ok(Alerts {
             settings,
-            windows: Mutex::new(HashMap::new()),
+            windows: crate::window::WindowCounter::default(),
             client,
             webhook_url,
             deliveries: Mutex::new(HashMap::new()),
@@ -105,24 +105,17 @@ impl Alerts {
 
     /// Counts an event; returns the count when it reaches a multiple of
     /// `threshold` within `window` seconds.
-    fn count(&self, rule: Rule, subject: &str, window: i64, threshold: u32, now: i64) -> Option<u32> {
+    fn count(&self, rule: Rule, subject: &str, window: i64, threshold: u32, now: Instant) -> Option<u32> {
         if threshold == 0 {
             return None;
         }
-        let mut windows = self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if windows.len() > 10_000 {
-            windows.retain(|_, (start, _)| now - *start < window);
-        }
-        let entry = windows.entry((rule, subject.to_string())).or_insert((now, 0));
-        if now - entry.0 >= window {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        (entry.1 % threshold == 0).then_some(entry.1)
+        let window = Duration::from_secs(window.unsigned_abs());
+        let (count, _) = self.windows.hit((rule, subject.to_string()), window, now);
+        (count % threshold == 0).then_some(count)
     }
 
     /// Counts a response for the auth-failure and rate-limit rules.
-    pub fn observe_response(&self, state: &AppState, client: &str, status: u16, now: i64) {
+    pub fn observe_response(&self, state: &AppState, client: &str, status: u16, now: Instant) {
         let (rule, window, threshold) = match status {
             401 | 403 => (Rule::AuthFailures, 60, self.settings.auth_failures_per_minute),
             429 => (Rule::RateLimitTrips, 600, self.settings.rate_limit_trips),
@@ -137,7 +130,7 @@ impl Alerts {
     /// Counts a failed password check from `client` for the auth-failure
     /// rule: the token endpoint and the sign-in form respond to those with
     /// 400 and 200, not 401, but they are the same kind of attempt.
-    pub fn observe_failed_password(&self, state: &AppState, client: &str, now: i64) {
+    pub fn observe_failed_password(&self, state: &AppState, client: &str, now: Instant) {
         let threshold = self.settings.auth_failures_per_minute;
         if let Some(count) = self.count(Rule::AuthFailures, client, 60, threshold, now) {
             let details = format!("{count} failures (a wrong password last) for client {client} within 60 s");
@@ -146,7 +139,7 @@ impl Alerts {
     }
 
     /// Counts a failed sign-in of an existing account.
-    pub fn observe_failed_sign_in(&self, state: &AppState, user_id: i64, now: i64) {
+    pub fn observe_failed_sign_in(&self, state: &AppState, user_id: i64, now: Instant) {
         let window = self.settings.failed_sign_in_window_seconds;
         let subject = format!("user:{user_id}");
         if let Some(count) = self.count(Rule::FailedSignIns, &subject, window, self.settings.failed_sign_ins, now) {
@@ -307,11 +300,13 @@ mod tests {
     fn counting_fires_at_each_multiple_of_the_threshold() {
         let egress = crate::egress::EgressSettings::default();
         let alerts = Alerts::new(AlertSettings::default(), None, &egress).expect("alerts");
-        let fired: Vec<u32> = (0..7).filter_map(|_| alerts.count(Rule::AuthFailures, "h:1", 60, 3, 100)).collect();
+        let start = Instant::now();
+        let later = start + Duration::from_secs(100);
+        let fired: Vec<u32> = (0..7).filter_map(|_| alerts.count(Rule::AuthFailures, "h:1", 60, 3, start)).collect();
         assert_eq!(fired, vec![3, 6]);
-        assert_eq!(alerts.count(Rule::AuthFailures, "h:2", 60, 3, 100), None, "subjects count apart");
+        assert_eq!(alerts.count(Rule::AuthFailures, "h:2", 60, 3, start), None, "subjects count apart");
         let after_window: Vec<u32> =
-            (0..3).filter_map(|_| alerts.count(Rule::AuthFailures, "h:1", 60, 3, 200)).collect();
+            (0..3).filter_map(|_| alerts.count(Rule::AuthFailures, "h:1", 60, 3, later)).collect();
         assert_eq!(after_window, vec![3], "a new window starts from zero");
     }
 }

@@ -24,8 +24,8 @@ impl Actor {
     }
 }
 
-/// The name of the process's real user from `/etc/passwd`, or `uid:N`;
-/// unlike `$USER`, the caller cannot choose it.
+/// Returns the name of the process's real user from `/etc/passwd`, or
+/// `uid:N`. Unlike `$USER`, the caller cannot choose it.
 fn operating_system_user() -> String {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let Some(uid) = status.lines().find_map(|line| line.strip_prefix("Uid:")?.split_whitespace().next()) else {
@@ -67,12 +67,12 @@ pub async fn append(store: &Store, key: &[u8], entry: &AuditEntry, now: i64) -> 
             tracing::info!(
             target: "learntrac::audit",
             seq = stored.seq,
-            actor = %stored.actor,
-            action = %stored.action,
-            target_name = %stored.target,
-            request_id = %stored.request_id,
-            outcome = %stored.outcome,
-            details = %stored.details,
+            actor = %stored.entry.actor,
+            action = %stored.entry.action,
+            target_name = %stored.entry.target,
+            request_id = %stored.entry.request_id,
+            outcome = %stored.entry.outcome,
+            details = %stored.entry.details,
             hash = %stored.hash,
             "audit"
             );
@@ -91,8 +91,8 @@ pub async fn append(store: &Store, key: &[u8], entry: &AuditEntry, now: i64) -> 
     }
 }
 
-/// The line the server writes to the `audit` log group for a record, for
-/// writers that have no log files of their own (the command line).
+/// Formats a record as the line the server writes to the `audit` log
+/// group, for writers that have no log files of their own (the command line).
 pub fn log_line(record: &AuditRecord) -> String {
     let line = serde_json::json!({
         "timestamp": crate::time::format_rfc3339(record.at),
@@ -100,12 +100,12 @@ pub fn log_line(record: &AuditRecord) -> String {
         "fields": {
             "message": "audit",
             "seq": record.seq,
-            "actor": record.actor,
-            "action": record.action,
-            "target_name": record.target,
-            "request_id": record.request_id,
-            "outcome": record.outcome,
-            "details": record.details,
+            "actor": record.entry.actor,
+            "action": record.entry.action,
+            "target_name": record.entry.target,
+            "request_id": record.entry.request_id,
+            "outcome": record.entry.outcome,
+            "details": record.entry.details,
             "hash": record.hash,
         },
         "target": "learntrac::audit",
@@ -113,7 +113,7 @@ pub fn log_line(record: &AuditRecord) -> String {
     format!("{}\n", crate::logs::mask::mask_line(&line.to_string()))
 }
 
-/// The sequence numbers and HMACs of the records in the `audit` log
+/// Reads the sequence numbers and HMACs of the records in the `audit` log
 /// group's files, in file order.
 pub fn logged_records(log_dir: &std::path::Path) -> Vec<(i64, String)> {
     let mut logged = Vec::new();
@@ -126,10 +126,10 @@ pub fn logged_records(log_dir: &std::path::Path) -> Vec<(i64, String)> {
 }
 
 /// Verifies the chain in the database, then that every record in the
-/// `audit` log files is in the database with the same HMAC: removing the
+/// `audit` log files is in the database with the same HMAC. Removing the
 /// newest records and rewinding the head row leaves a valid chain, and so
-/// does writing new records over their numbers, but neither matches the
-/// log lines.
+/// does writing new records over their numbers. Neither matches the log
+/// lines.
 pub async fn verify_with_logs(
     store: &Store,
     key: &[u8],
@@ -164,7 +164,7 @@ pub async fn record_settings_change(state: &AppState) {
     let details = format!("learntrac.toml sha256 {digest}");
     let filter = learntrac_store::AuditFilter { action: Some("settings.change".into()), ..Default::default() };
     let last = match state.store.audit_records(&filter).await {
-        Ok(records) => records.last().map(|record| record.details.clone()),
+        Ok(records) => records.last().map(|record| record.entry.details.clone()),
         Err(error) => {
             tracing::error!(error = %error, "cannot read the audit trail for the last settings change");
             return;

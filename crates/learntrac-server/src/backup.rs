@@ -89,7 +89,7 @@ pub async fn create(config: &ServerConfig, out: &Path, overwrite: bool, now: i64
     if secret_store.keys().next().is_some() {
         bail!("a master-key rotation is unfinished; run `learntrac secret rotate-master-key` again before a backup");
     }
-    if let Some(path) = sqlite_path(&config.database_url)
+    if let Some(path) = learntrac_store::sqlite_file(&config.database_url)
         && !path.exists()
     {
         bail!("no database at {}; check --data-dir and database_url", path.display());
@@ -142,13 +142,6 @@ fn check_output_path(config: &ServerConfig, out: &Path, overwrite: bool) -> Resu
         bail!("{} already exists; choose another name, or add --force to replace it", out.display());
     }
     Ok(())
-}
-
-/// The SQLite file a `sqlite:` URL names, if it names one.
-fn sqlite_path(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or_default();
-    (!path.is_empty() && !path.starts_with(":memory:") && !path.starts_with("file:")).then(|| PathBuf::from(path))
 }
 
 async fn write_backup(
@@ -312,7 +305,7 @@ pub async fn restore(config: &ServerConfig, path: &Path) -> Result<Summary> {
     // A SQLite database that the restore creates is removed with the other
     // files it wrote if the restore fails.
     let mut written = Vec::new();
-    if let Some(database) = sqlite_path(&config.database_url)
+    if let Some(database) = learntrac_store::sqlite_file(&config.database_url)
         && !database.exists()
     {
         for suffix in ["", "-wal", "-shm", "-migrate.lock"] {

@@ -4,7 +4,6 @@
 //! In one process those roles are in-process services with no socket of
 //! their own.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -158,7 +157,7 @@ async fn gateway_layer(State(state): State<AppState>, request: Request, next: Ne
     );
     let route = route.unwrap_or_else(|| "unmatched".to_string());
     state.metrics.observe_request(&route, crate::metrics::method_label(&method), status, elapsed);
-    state.alerts.observe_response(&state, &client, status, state.now());
+    state.alerts.observe_response(&state, &client, status, started);
     response
 }
 
@@ -219,38 +218,25 @@ pub async fn same_origin_forms(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// A fixed-window request counter per key (an address and a route).
+/// A fixed-window request limit per key (an address and a route).
+#[derive(Default)]
 pub struct RateLimiter {
-    windows: Mutex<HashMap<String, (Instant, u32)>>,
-}
-
-impl Default for RateLimiter {
-    fn default() -> Self {
-        RateLimiter::new()
-    }
+    counter: crate::window::WindowCounter<String>,
 }
 
 impl RateLimiter {
     pub fn new() -> RateLimiter {
-        RateLimiter { windows: Mutex::new(HashMap::new()) }
+        RateLimiter::default()
     }
 
     /// Counts one request for `key` at `now`; fails with the seconds to wait
-    /// when `limit` requests were already counted in the current `window`.
+    /// when it is over `limit` requests in the current `window`.
     pub fn check(&self, key: &str, limit: u32, window: Duration, now: Instant) -> Result<(), ApiError> {
-        let mut windows = self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if windows.len() > 100_000 {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < window);
-        }
-        let entry = windows.entry(key.to_string()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= window {
-            *entry = (now, 0);
-        }
-        if entry.1 >= limit {
-            let retry_after = window.saturating_sub(now.duration_since(entry.0)).as_secs().max(1);
+        let (count, started) = self.counter.hit(key.to_string(), window, now);
+        if count > limit {
+            let retry_after = window.saturating_sub(now.duration_since(started)).as_secs().max(1);
             return Err(ApiError::TooManyRequests { retry_after });
         }
-        entry.1 += 1;
         Ok(())
     }
 }

@@ -257,9 +257,9 @@ async fn check_credentials(
         tracing::warn!(target: "learntrac::security", client, purpose, reason, "password check failed");
         state.metrics.observe_sign_in(reason);
         if let Some(user) = &user {
-            state.alerts.observe_failed_sign_in(state, user.id, state.now());
+            state.alerts.observe_failed_sign_in(state, user.id, Instant::now());
         }
-        state.alerts.observe_failed_password(state, &client, state.now());
+        state.alerts.observe_failed_password(state, &client, Instant::now());
         return Ok(None);
     }
     state.metrics.observe_sign_in("success");

@@ -24,6 +24,7 @@ pub mod service;
 pub mod time;
 pub mod tls;
 pub mod wiki;
+pub mod window;
 
 use std::ops::Deref;
 use std::path::Path;
@@ -206,10 +207,9 @@ pub fn restrict_sqlite_files(database_url: &str) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let Some(rest) = database_url.strip_prefix("sqlite://") else { return };
-        let path = rest.split('?').next().unwrap_or_default();
+        let Some(path) = learntrac_store::sqlite_file(database_url) else { return };
         for suffix in ["", "-wal", "-shm"] {
-            let file = format!("{path}{suffix}");
+            let file = format!("{}{suffix}", path.display());
             if std::path::Path::new(&file).exists()
                 && let Err(error) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
             {

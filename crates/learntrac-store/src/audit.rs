@@ -12,7 +12,7 @@ use sqlx::Row;
 use crate::{Result, Store, StoreError};
 
 /// A new audit record's fields, as the caller reports them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct AuditEntry {
     /// `user:ID`, `cli:NAME` or `system`.
     pub actor: String,
@@ -33,13 +33,8 @@ pub struct AuditEntry {
 pub struct AuditRecord {
     pub seq: i64,
     pub at: i64,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub client_address: String,
-    pub request_id: String,
-    pub outcome: String,
-    pub details: String,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -90,13 +85,15 @@ fn record_from_row(row: &sqlx::any::AnyRow) -> Result<AuditRecord> {
     Ok(AuditRecord {
         seq: row.try_get("seq")?,
         at: row.try_get("at")?,
-        actor: row.try_get("actor")?,
-        action: row.try_get("action")?,
-        target: row.try_get("target")?,
-        client_address: row.try_get("client_address")?,
-        request_id: row.try_get("request_id")?,
-        outcome: row.try_get("outcome")?,
-        details: row.try_get("details")?,
+        entry: AuditEntry {
+            actor: row.try_get("actor")?,
+            action: row.try_get("action")?,
+            target: row.try_get("target")?,
+            client_address: row.try_get("client_address")?,
+            request_id: row.try_get("request_id")?,
+            outcome: row.try_get("outcome")?,
+            details: row.try_get("details")?,
+        },
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
     })
@@ -135,22 +132,10 @@ impl Store {
         sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1").bind(&hash).execute(&mut *tx).await?;
         tx.commit().await?;
 
-        Ok(AuditRecord {
-            seq,
-            at,
-            actor: entry.actor.clone(),
-            action: entry.action.clone(),
-            target: entry.target.clone(),
-            client_address: entry.client_address.clone(),
-            request_id: entry.request_id.clone(),
-            outcome: entry.outcome.clone(),
-            details: entry.details.clone(),
-            prev_hash,
-            hash,
-        })
+        Ok(AuditRecord { seq, at, entry: entry.clone(), prev_hash, hash })
     }
 
-    /// The HMAC of every record by sequence number.
+    /// Returns the HMAC of every record by sequence number.
     pub async fn audit_hashes(&self) -> Result<std::collections::HashMap<i64, String>> {
         let rows = sqlx::query("SELECT seq, hash FROM audit_log").fetch_all(&self.pool).await?;
         rows.iter().map(|row| Ok((row.try_get("seq")?, row.try_get("hash")?))).collect()
@@ -194,16 +179,7 @@ impl Store {
                     reason: "it does not follow the record before it".to_string(),
                 });
             }
-            let entry = AuditEntry {
-                actor: record.actor.clone(),
-                action: record.action.clone(),
-                target: record.target.clone(),
-                client_address: record.client_address.clone(),
-                request_id: record.request_id.clone(),
-                outcome: record.outcome.clone(),
-                details: record.details.clone(),
-            };
-            if chain_hash(&key, record.seq, record.at, &entry, &prev_hash) != record.hash {
+            if chain_hash(&key, record.seq, record.at, &record.entry, &prev_hash) != record.hash {
                 return Ok(AuditVerification::Broken {
                     seq: record.seq,
                     reason: "its contents or hash were changed".to_string(),

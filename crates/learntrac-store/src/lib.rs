@@ -160,6 +160,7 @@ impl Store {
             Backend::Sqlite => sqlite_migration_lock(url),
             Backend::Postgres => None,
         };
+
         let migrated = migrator.run(&pool).await.map_err(StoreError::Migrate);
         drop(lock);
         migrated?;
@@ -181,8 +182,8 @@ impl Store {
     }
 }
 
-/// Where a PostgreSQL URL connects, read by the same parser that connects,
-/// so that repeated parameters, `hostaddr` and `PG…` environment variables
+/// The server a PostgreSQL URL connects to, read by the same parser that
+/// connects, so that repeated parameters, `hostaddr` and `PG…` environment variables
 /// count as they do for the connection.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PostgresTarget {
@@ -211,18 +212,25 @@ pub fn postgres_target(url: &str) -> Result<Option<PostgresTarget>> {
     Ok(Some(PostgresTarget { host, local, verified_tls }))
 }
 
-/// Locks `DATABASE-migrate.lock` beside a SQLite file until the returned
-/// file is dropped; `None` for in-memory databases or when the lock file
-/// cannot be created (the migration then runs unlocked).
-fn sqlite_migration_lock(url: &str) -> Option<std::fs::File> {
+/// Returns the file a `sqlite:` URL names, or `None` for other URLs and
+/// for in-memory databases.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
-    let path =
-        rest.split('?').next().filter(|p| !p.is_empty() && !p.starts_with("file:") && !p.contains(":memory:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    let in_memory = path.is_empty() || path.starts_with("file:") || path.contains(":memory:");
+    (!in_memory).then(|| std::path::PathBuf::from(path))
+}
+
+/// Locks `DATABASE-migrate.lock` beside a SQLite file until the returned
+/// file is dropped. Returns `None` for in-memory databases, and when the
+/// lock file cannot be created, so that the migration then runs unlocked.
+fn sqlite_migration_lock(url: &str) -> Option<std::fs::File> {
+    let path = sqlite_file(url)?;
     let mut options = std::fs::OpenOptions::new();
     options.create(true).truncate(false).write(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let lock = options.open(format!("{path}-migrate.lock")).ok()?;
+    let lock = options.open(format!("{}-migrate.lock", path.display())).ok()?;
     lock.lock().ok()?;
     Some(lock)
 }

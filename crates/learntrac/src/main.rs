@@ -217,7 +217,7 @@ async fn check_production(state: &AppState) -> Result<()> {
         return Ok(());
     }
     let list: Vec<String> = problems.iter().map(|problem| format!("  - {}", problem.message)).collect();
-    anyhow::bail!("production mode refuses to start because of {} problem(s):\n{}", problems.len(), list.join("\n"))
+    anyhow::bail!("production mode cannot start because of {} problem(s):\n{}", problems.len(), list.join("\n"))
 }
 
 /// Opens the database for an operator's command, with the password from
@@ -233,10 +233,10 @@ pub async fn open_database(config: &learntrac_server::ServerConfig) -> Result<le
 /// Fails unless the SQLite database of `config` exists, for commands that
 /// only read and must not create an empty one on a mistyped path.
 pub fn require_database(config: &learntrac_server::ServerConfig) -> Result<()> {
-    if let Some(path) = config.database_url.strip_prefix("sqlite://").map(|rest| rest.split('?').next().unwrap_or(rest))
-        && !std::path::Path::new(path).exists()
+    if let Some(path) = learntrac_store::sqlite_file(&config.database_url)
+        && !path.exists()
     {
-        anyhow::bail!("no database at {path}; check --data-dir and database_url");
+        anyhow::bail!("no database at {}; check --data-dir and database_url", path.display());
     }
     Ok(())
 }

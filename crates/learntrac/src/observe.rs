@@ -242,13 +242,13 @@ pub async fn audit(command: AuditCommand) -> Result<()> {
                 let fields = [
                     record.seq.to_string(),
                     format_rfc3339(record.at),
-                    record.actor,
-                    record.action,
-                    record.target,
-                    record.outcome,
-                    record.client_address,
-                    record.request_id,
-                    record.details,
+                    record.entry.actor,
+                    record.entry.action,
+                    record.entry.target,
+                    record.entry.outcome,
+                    record.entry.client_address,
+                    record.entry.request_id,
+                    record.entry.details,
                 ];
                 let escaped: Vec<String> = fields.iter().map(|field| escape_field(field)).collect();
                 println!("{}", escaped.join("\t"));
@@ -258,9 +258,9 @@ pub async fn audit(command: AuditCommand) -> Result<()> {
     Ok(())
 }
 
-/// Escapes a field for tab-separated output, so that text from users
-/// (a file name, a page name) cannot start a line or a column of its own;
-/// an empty field is `-`.
+/// Escapes a field for tab-separated output, so that text from users (a
+/// file name, a page name) cannot start a line or a column of its own. An
+/// empty field becomes `-`.
 fn escape_field(field: &str) -> String {
     if field.is_empty() {
         return "-".to_string();

@@ -65,19 +65,11 @@ pub fn init_stderr() {
 }
 
 /// Logs to standard output and to the group files under `settings.dir`.
+/// Each event is formatted and masked once and written to both.
 pub fn init_with_files(settings: &LogSettings) -> Result<()> {
     let files = GroupFiles::open(settings)?;
-    let stdout = tracing_subscriber::fmt::layer()
-        .json()
-        .with_current_span(false)
-        .with_writer(|| MaskedWriter::new(Sink::Stdout));
-    let to_files = tracing_subscriber::fmt::layer().json().with_current_span(false).with_writer(files);
-    tracing_subscriber::registry()
-        .with(env_filter())
-        .with(stdout)
-        .with(to_files)
-        .try_init()
-        .context("cannot install the logger")?;
+    let layer = tracing_subscriber::fmt::layer().json().with_current_span(false).with_writer(files);
+    tracing_subscriber::registry().with(env_filter()).with(layer).try_init().context("cannot install the logger")?;
     Ok(())
 }
 
@@ -94,7 +86,8 @@ fn group_of(target: &str) -> &'static str {
 enum Sink {
     Stdout,
     Stderr,
-    File(Arc<RotatingFile>),
+    /// Standard output and a group's file.
+    StdoutAndFile(Arc<RotatingFile>),
 }
 
 /// Collects one formatted event and writes it, masked, when dropped; the
@@ -137,7 +130,10 @@ impl Drop for MaskedWriter {
         let _ = match &self.sink {
             Sink::Stdout => std::io::stdout().lock().write_all(masked.as_bytes()),
             Sink::Stderr => std::io::stderr().lock().write_all(masked.as_bytes()),
-            Sink::File(file) => file.append(masked.as_bytes()),
+            Sink::StdoutAndFile(file) => {
+                let _ = std::io::stdout().lock().write_all(masked.as_bytes());
+                file.append(masked.as_bytes())
+            }
         };
     }
 }
@@ -177,7 +173,7 @@ impl GroupFiles {
     fn writer_for_group(&self, group: &str) -> MaskedWriter {
         let file = self.files.iter().find(|(name, _)| *name == group).or_else(|| self.files.first());
         match file {
-            Some((_, file)) => MaskedWriter::new(Sink::File(file.clone())),
+            Some((_, file)) => MaskedWriter::new(Sink::StdoutAndFile(file.clone())),
             None => MaskedWriter::new(Sink::Stdout),
         }
     }
@@ -190,9 +186,9 @@ fn current_uid() -> Option<u32> {
 }
 
 /// Creates the log directory with mode 0700. An existing directory keeps
-/// its mode, because it may be shared with other services; the files in it
-/// are created with mode 0600, and a warning names a directory that
-/// others may write to.
+/// its mode, because it may be shared with other services. The files in it
+/// are created with mode 0600, and a warning names a directory that others
+/// may write to.
 fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         #[cfg(unix)]
