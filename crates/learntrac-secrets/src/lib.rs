@@ -1,5 +1,5 @@
 //! Encryption at rest for LearnTrac: the master key and where it comes
-//! from, the secrets store encrypted under it, the policy that says which
+//! from, the secrets store encrypted under it, the policy that decides which
 //! role may read which secret, and the encrypted stream that backups use.
 //!
 //! Everything is AES-256-GCM from aws-lc-rs. The master key never enters
@@ -18,7 +18,7 @@ pub use master_key::{KeyRing, KeySource, MasterKey, SecretString, check_owner_on
 pub use policy::{Role, RoleSecrets, SecretPolicy};
 pub use store::{Rotation, SecretInfo, SecretStore, validate_name};
 
-/// The secret that holds the identity provider's token-signing key (PKCS#8 PEM).
+/// The secret that contains the identity provider's token-signing key (PKCS#8 PEM).
 pub const TOKEN_SIGNING_KEY: &str = "token-signing-key";
 
 /// The secret that keys the hash of client addresses in logs.

@@ -59,7 +59,7 @@ impl MasterKey {
         STANDARD.encode(self.bytes)
     }
 
-    /// The public id, 16 hexadecimal digits.
+    /// Returns the public id, 16 hexadecimal digits.
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -75,7 +75,7 @@ impl MasterKey {
     }
 
     /// Writes the key to `path` only if no file is there, and returns the
-    /// key that `path` holds afterwards: this one, or the one another
+    /// key that `path` contains afterwards: this one, or the one another
     /// process wrote first. The key goes to a uniquely named file that is
     /// then hard-linked to `path`, which fails rather than replaces.
     fn create_file(self, path: &Path) -> Result<(MasterKey, bool)> {
@@ -121,7 +121,7 @@ pub fn check_owner_only(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Where the master key comes from.
+/// The source of the master key.
 #[derive(Clone, Debug)]
 pub enum KeySource {
     /// A file holding the base64 key, mode 0600; created on first use
@@ -154,8 +154,8 @@ impl KeySource {
         }
     }
 
-    /// The file that holds the next key while a rotation is under way;
-    /// only a file source has one.
+    /// Returns the file that contains the next key while a rotation is
+    /// under way. Only a file source has one.
     pub fn next_key_path(&self) -> Option<PathBuf> {
         match self {
             KeySource::File(path) => Some(sibling(path, "next")),
@@ -248,8 +248,8 @@ impl KeyRing {
         Ok(KeyRing { current, next, source })
     }
 
-    /// A ring of one key, for keys that come from elsewhere (tests, a
-    /// `--master-key-file` option).
+    /// Builds a ring of one key, for keys that come from elsewhere, such as
+    /// tests.
     pub fn single(key: MasterKey, source: KeySource) -> KeyRing {
         KeyRing { current: key, next: None, source }
     }
@@ -297,12 +297,12 @@ impl KeyRing {
         }
     }
 
-    /// The key new records are encrypted under.
+    /// Returns the key that new records are encrypted under.
     pub fn encrypting(&self) -> &MasterKey {
         self.next.as_ref().unwrap_or(&self.current)
     }
 
-    /// The key with id `id`; `what` names the record in the error.
+    /// Returns the key with id `id`; `what` names the record in the error.
     pub fn find(&self, id: &str, what: &str) -> Result<&MasterKey> {
         [Some(&self.current), self.next.as_ref()].into_iter().flatten().find(|key| key.id() == id).ok_or_else(|| {
             SecretError::WrongKey {

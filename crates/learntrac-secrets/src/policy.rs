@@ -62,15 +62,15 @@ pub const BUILTIN_GRANTS: &[(Role, &str)] = &[
     (Role::Idp, crate::AUDIT_KEY),
 ];
 
-/// Which role may read which secret.
+/// The grants of secrets to roles.
 #[derive(Clone, Debug, Default)]
 pub struct SecretPolicy {
     grants: BTreeMap<Role, BTreeSet<String>>,
 }
 
 impl SecretPolicy {
-    /// The built-in grants plus `extra` (role name to secret names, as in
-    /// the `[secret_policy]` table of the settings file).
+    /// Builds the built-in grants plus `extra` (role name to secret names, as
+    /// in the `[secret_policy]` table of the settings file).
     pub fn new(extra: &BTreeMap<String, Vec<String>>) -> Result<SecretPolicy, String> {
         let mut grants: BTreeMap<Role, BTreeSet<String>> = BTreeMap::new();
         for (role, name) in BUILTIN_GRANTS {
@@ -91,7 +91,7 @@ impl SecretPolicy {
     }
 }
 
-/// The secrets store as one role sees it.
+/// The secrets store limited to what one role may read.
 #[derive(Clone)]
 pub struct RoleSecrets {
     role: Role,

@@ -39,8 +39,8 @@ fn control(name: &'static str, status: Status, reason: impl Into<String>) -> Con
     Control { name, status, reason: reason.into() }
 }
 
-/// A control that fails with the production problems filed under `name`,
-/// and passes with `pass_reason` when there are none.
+/// Builds a control that fails with the production problems filed under
+/// `name`, and passes with `pass_reason` when there are none.
 fn from_problems(name: &'static str, problems: &[Problem], pass_reason: &str) -> Control {
     let messages: Vec<&str> =
         problems.iter().filter(|problem| problem.control == name).map(|p| p.message.as_str()).collect();
@@ -160,7 +160,7 @@ fn master_key_control(config: &ServerConfig, problems: &[Problem]) -> Control {
     }
 }
 
-/// The newest `*.ltb` file in `dir`, with its age in seconds.
+/// Finds the newest `*.ltb` file in `dir`, with its age in seconds.
 fn newest_backup(dir: &Path, now: i64) -> Option<(PathBuf, i64)> {
     std::fs::read_dir(dir)
         .ok()?

@@ -32,7 +32,7 @@ pub struct ServerConfig {
     pub min_relevance: f32,
     /// Maximum size of an uploaded book, in bytes.
     pub max_upload_bytes: usize,
-    /// Where the master key of the secrets store comes from.
+    /// The source of the secrets store's master key.
     pub master_key: KeySource,
     /// Secrets each role may read, beyond the built-in grants.
     pub secret_policy: BTreeMap<String, Vec<String>>,
@@ -46,12 +46,12 @@ pub struct ServerConfig {
     pub password_grant: bool,
     pub egress: crate::egress::EgressSettings,
     pub logs: crate::logs::LogSettings,
-    /// How client addresses appear in logs and alerts.
+    /// The form of client addresses in logs and alerts.
     pub log_client_address: crate::logs::mask::AddressMode,
     /// Address of the Prometheus metrics listener; `None` turns it off.
     pub metrics_listen: Option<SocketAddr>,
     pub alerts: crate::alerts::AlertSettings,
-    /// Where `learntrac check` looks for backups.
+    /// The directory in which `learntrac check` looks for backups.
     pub backup_dir: PathBuf,
     /// Age after which `learntrac check` calls the newest backup too old.
     pub backup_max_age_hours: i64,

@@ -83,7 +83,7 @@ mod tests {
         (addr, crate::tls::generated_files(dir).ca_cert)
     }
 
-    /// A CONNECT proxy that records each target and tunnels the bytes.
+    /// Starts a CONNECT proxy that records each target and tunnels the bytes.
     async fn connect_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");

@@ -89,7 +89,8 @@ fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// A new signing key read through a fresh store in a temporary directory.
+/// Generates a signing key and reads it back through a fresh store in a
+/// temporary directory.
 #[cfg(test)]
 pub(crate) fn generate_for_tests() -> SigningKeys {
     use learntrac_secrets::{KeyRing, KeySource, Role, SecretPolicy};

@@ -196,7 +196,7 @@ fn database_problems(config: &ServerConfig) -> (Vec<String>, Vec<String>) {
     (transport, credentials)
 }
 
-/// Whether `database_url` names a database on another machine.
+/// Returns whether `database_url` names a database on another machine.
 pub fn database_is_remote(config: &ServerConfig) -> bool {
     matches!(learntrac_store::postgres_target(&config.database_url), Ok(Some(target)) if !target.local)
 }
@@ -257,9 +257,9 @@ pub struct LeafCertificate {
 }
 
 impl LeafCertificate {
-    /// Whether the certificate names `host`: an IP address among its
-    /// addresses, or a DNS name equal to one of its names, ignoring case,
-    /// where `*.` in a name matches exactly one label.
+    /// Returns whether the certificate names `host`: an IP address among its
+    /// addresses, or a DNS name equal to one of its names, ignoring case.
+    /// A `*.` in a name matches exactly one label.
     pub fn covers(&self, host: &str) -> bool {
         if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
             return self.ip_addresses.contains(&ip);
@@ -275,7 +275,7 @@ impl LeafCertificate {
     }
 }
 
-/// The host of a URL such as `https://learn.example.org:8443/`.
+/// Returns the host of a URL such as `https://learn.example.org:8443/`.
 fn url_host(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split('/').next().unwrap_or_default();

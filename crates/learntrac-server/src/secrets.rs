@@ -68,13 +68,13 @@ impl Secrets {
         Ok(Secrets { store: Arc::new(store), policy: Arc::new(policy) })
     }
 
-    /// The store as `role` may read it.
+    /// Returns the store as `role` may read it.
     pub fn role(&self, role: Role) -> RoleSecrets {
         RoleSecrets::new(role, self.policy.clone(), self.store.clone())
     }
 
-    /// The whole store, for the operator's commands and the production
-    /// checks, which run with the operator's rights.
+    /// Returns the whole store, for the operator's commands and the
+    /// production checks, which run with the operator's rights.
     pub fn store(&self) -> &SecretStore {
         &self.store
     }
@@ -100,8 +100,8 @@ impl Secrets {
     }
 }
 
-/// The database URL with the password from `database_password` for the
-/// operator's commands, which are not bound by the role policy.
+/// Returns the database URL with the password from `database_password`
+/// for the operator's commands, which are not bound by the role policy.
 pub fn operator_database_url(config: &ServerConfig, store: &SecretStore) -> Result<String> {
     match &config.database_password_secret {
         None => Ok(config.database_url.clone()),

@@ -80,7 +80,7 @@ impl Store {
         Ok(row.try_get::<Option<i64>, _>("v")?.unwrap_or(0))
     }
 
-    /// True when no table holds a row.
+    /// Returns true when no table contains a row.
     pub async fn is_empty(&self) -> Result<bool> {
         for (table, _) in TABLES.iter().filter(|(table, _)| !SEEDED_TABLES.contains(table)) {
             let row = sqlx::query(sql(format!("SELECT COUNT(*) AS n FROM {table}"))).fetch_one(&self.pool).await?;

@@ -90,8 +90,8 @@ pub async fn run(command: SecretCommand) -> Result<()> {
                 "{} secrets re-encrypted from master key {} to {}",
                 rotation.reencrypted, rotation.old_key_id, rotation.new_key_id
             );
-            // The store now holds the new key, which the source may not
-            // give yet (an environment variable still holding the old one).
+            // The store now uses the new key, which the source may not give
+            // yet (an environment variable may still contain the old one).
             if let Err(error) = record_with_store(&config, store, "master_key.rotate", "master_key", &details).await {
                 eprintln!("warning: the rotation was done, but its audit record was not written: {error:#}");
             }

@@ -161,7 +161,7 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
     if let Some(production) = file.production {
         config.production = production;
     }
-    // Every command reads the variable, so that `check` sees what `serve` does.
+    // Every command reads the variable, so that `check` reports what `serve` enforces.
     if let Ok(value) = std::env::var("LEARNTRAC_PRODUCTION") {
         config.production = match value.to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => true,

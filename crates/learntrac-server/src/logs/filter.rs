@@ -6,9 +6,9 @@
 //!
 //! - `term` or `"a phrase"`: the line contains it, ignoring case;
 //! - `-term` or `-"a phrase"`: the line does not contain it;
-//! - `field=value`, `field!=value`: a JSON field (top level, or under
-//!   `fields` as tracing writes them; `a.b` for nested objects) equals, or
-//!   does not equal, the value;
+//! - `field=value`, `field!=value`: a JSON field equals, or does not equal,
+//!   the value. Fields are looked up at the top level and under `fields`,
+//!   where tracing writes them, and `a.b` descends into objects;
 //! - `field>N`, `field>=N`, `field<N`, `field<=N`: a numeric comparison;
 //! - `-field=value` and the like: the condition does not hold.
 //!

@@ -1,11 +1,11 @@
 //! PostgreSQL over TLS. These tests need a server that requires TLS for
-//! the role in `LEARNTRAC_DATABASE_URL` (`.ci/run` configures one) and run
-//! only when `LEARNTRAC_TEST_POSTGRES_TLS=1`; otherwise they print why
+//! the role in `LEARNTRAC_DATABASE_URL`, as `.ci/run` configures one. They
+//! run only when `LEARNTRAC_TEST_POSTGRES_TLS=1` and otherwise print why
 //! they did nothing.
 
 use crate::harness::{PASSWORD, Server};
 
-/// The TLS-protected database URL, or `None` when the tests are not set up.
+/// Returns the TLS-protected database URL, or `None` when the tests are not set up.
 fn tls_database_url() -> Option<String> {
     if std::env::var("LEARNTRAC_TEST_POSTGRES_TLS").as_deref() != Ok("1") {
         eprintln!("skipped: set LEARNTRAC_TEST_POSTGRES_TLS=1 with a TLS-only PostgreSQL in LEARNTRAC_DATABASE_URL");

@@ -82,7 +82,7 @@ impl Server {
         self.extra_env.push((key.to_string(), value.to_string()));
     }
 
-    /// The PostgreSQL URL of this server's database, when tests run on PostgreSQL.
+    /// Returns the PostgreSQL URL of this server's database, when tests run on PostgreSQL.
     pub fn postgres_url(&self) -> Option<&str> {
         self.database.as_ref().map(|db| db.url.as_str())
     }

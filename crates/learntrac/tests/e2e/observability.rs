@@ -18,8 +18,8 @@ fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).to_string()
 }
 
-/// An HTTPS listener on loopback that stores each JSON body posted to
-/// `/hook`. Returns its address and the CA file that issued its certificate.
+/// Starts an HTTPS listener on loopback that stores each JSON body posted
+/// to `/hook`. Returns its address and the CA file that issued its certificate.
 async fn webhook_listener(dir: &Path) -> (SocketAddr, PathBuf, Arc<Mutex<Vec<Value>>>) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("CA key");

@@ -23,7 +23,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|window| window == needle)
 }
 
-/// A base64 master key made of one repeated byte.
+/// Returns a base64 master key made of one repeated byte.
 fn fixed_key(byte: u8) -> String {
     use std::io::Write;
     let mut encoded = Vec::new();
@@ -180,7 +180,7 @@ async fn plain_database_password_setting_is_rejected() {
     assert!(stderr(&output).contains("must name a secret as \"secret:NAME\""), "{}", stderr(&output));
 }
 
-/// Creates a user with a path and an answer, a wiki page and a secret.
+/// Creates two users, a book, a path with one graded answer and a secret.
 async fn populate(server: &mut Server) {
     server.add_user("ann@example.org", "students");
     server.add_user("ted@example.org", "instructors");
@@ -201,8 +201,8 @@ async fn populate(server: &mut Server) {
     assert_eq!(status, 201);
 }
 
-/// The per-table lines of a backup summary, without the audit trail, which
-/// grows with every backup and restore.
+/// Returns the per-table lines of a backup summary without the audit
+/// trail, which grows with every backup and restore.
 fn table_lines(summary: &str) -> Vec<String> {
     summary
         .lines()
@@ -398,7 +398,7 @@ async fn production_mode_rejects_development_setup() {
     assert!(!output.status.success());
     let message = stderr(&output);
     for expected in [
-        "production mode refuses to start",
+        "production mode cannot start",
         "development one LearnTrac generates",
         "no user exists",
         "password_grant is on",
