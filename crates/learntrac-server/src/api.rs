@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::{ApiUser, StaffApiUser};
+use crate::auth::{AdminApiUser, ApiUser, StaffApiUser};
 use crate::error::{ApiError, ApiResult};
 use crate::{graph, service};
 
@@ -24,6 +24,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/me", get(me))
+        .route("/admin/users", get(admin_users))
         .route("/books", get(list_books))
         .route("/books/{id}", axum::routing::delete(delete_book))
         .route("/search", post(search))
@@ -117,6 +118,25 @@ async fn upload_book(
     }
     let record = service::ingest_book(&state, body.to_vec(), name, Some(user.user_id)).await?;
     Ok((StatusCode::CREATED, Json(json!(record))))
+}
+
+/// Lists the user pool for admins and operators.
+async fn admin_users(State(state): State<AppState>, AdminApiUser(_): AdminApiUser) -> ApiResult<Json<Value>> {
+    let users = state.store.list_users().await?;
+    let users: Vec<Value> = users
+        .iter()
+        .map(|user| {
+            json!({
+                "id": user.id,
+                "email": user.email,
+                "name": user.name,
+                "groups": user.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+                "disabled": user.disabled,
+                "created_at": user.created_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "users": users })))
 }
 
 async fn delete_book(

@@ -12,6 +12,9 @@ pub enum Actor {
     Cli,
     /// LearnTrac itself, such as a key generated at start-up.
     System,
+    /// A client whose identity was not checked, such as a request the
+    /// gateway refused before any role saw it.
+    Anonymous,
 }
 
 impl Actor {
@@ -20,6 +23,7 @@ impl Actor {
             Actor::User(id) => format!("user:{id}"),
             Actor::Cli => format!("cli:{}", operating_system_user()),
             Actor::System => "system".to_string(),
+            Actor::Anonymous => "anonymous".to_string(),
         }
     }
 }

@@ -72,6 +72,11 @@ impl Principal {
     pub fn is_staff(&self) -> bool {
         self.is(Group::Admins) || self.is(Group::Instructors)
     }
+
+    /// Admins, and operators with read-only rights, use the administration screens.
+    pub fn is_administrator(&self) -> bool {
+        self.is(Group::Admins) || self.is(Group::Operators)
+    }
 }
 
 /// Signs a token of `token_use` for `user`, valid for `lifetime` seconds from `now`.
@@ -238,7 +243,13 @@ impl VerifiedTokens {
     }
 
     /// Returns the claims of `token`, verifying it only if it is not cached.
-    fn validate(&self, keys: &SigningKeys, issuer: &str, token: &str, now: i64) -> Result<Claims, TokenRejection> {
+    pub(crate) fn validate(
+        &self,
+        keys: &SigningKeys,
+        issuer: &str,
+        token: &str,
+        now: i64,
+    ) -> Result<Claims, TokenRejection> {
         let key = VerifiedTokens::key(token);
         let cached = self.entries.read().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
         if let Some(claims) = cached {
@@ -296,7 +307,7 @@ pub async fn authenticate(
     Ok(Some((principal, claims)))
 }
 
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -338,12 +349,12 @@ const STAFF_ONLY: &str = "only instructors and admins may do this";
 
 /// An API caller in the instructors or admins group.
 /// Records a learner's request for a staff-only action in the audit trail.
-async fn record_denied(state: &AppState, principal: &Principal, parts: &Parts) {
+async fn record_denied(state: &AppState, principal: &Principal, parts: &Parts, reason: &str) {
     // Nested routers see the path without their prefix; the original URI has it.
     let path = parts.extensions.get::<axum::extract::OriginalUri>().map_or(parts.uri.path(), |uri| uri.0.path());
     let target = format!("{} {path}", parts.method);
     let actor = crate::audit::Actor::User(principal.user_id);
-    crate::audit::record(state, actor, "access.staff_only", &target, "denied", STAFF_ONLY).await;
+    crate::audit::record(state, actor, "access.staff_only", &target, "denied", reason).await;
 }
 
 pub struct StaffApiUser(pub Principal);
@@ -354,7 +365,7 @@ impl FromRequestParts<AppState> for StaffApiUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<StaffApiUser, ApiError> {
         let ApiUser(principal) = ApiUser::from_request_parts(parts, state).await?;
         if !principal.is_staff() {
-            record_denied(state, &principal, parts).await;
+            record_denied(state, &principal, parts, STAFF_ONLY).await;
             return Err(ApiError::Forbidden(STAFF_ONLY.into()));
         }
         Ok(StaffApiUser(principal))
@@ -370,12 +381,47 @@ impl FromRequestParts<AppState> for StaffPageUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<StaffPageUser, Response> {
         let PageUser(principal) = PageUser::from_request_parts(parts, state).await?;
         if !principal.is_staff() {
-            record_denied(state, &principal, parts).await;
+            record_denied(state, &principal, parts, STAFF_ONLY).await;
             return Err(crate::pages::PageError(ApiError::Forbidden(STAFF_ONLY.into())).into_response());
         }
         Ok(StaffPageUser(principal))
     }
 }
+
+/// A signed-in admin or operator on the pages, for the administration
+/// screens (operators may only read them).
+pub struct AdminPageUser(pub Principal);
+
+impl FromRequestParts<AppState> for AdminPageUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<AdminPageUser, Response> {
+        let PageUser(principal) = PageUser::from_request_parts(parts, state).await?;
+        if !principal.is_administrator() {
+            record_denied(state, &principal, parts, ADMIN_ONLY).await;
+            return Err(crate::pages::PageError(ApiError::Forbidden(ADMIN_ONLY.into())).into_response());
+        }
+        Ok(AdminPageUser(principal))
+    }
+}
+
+/// An admin or operator calling the administration API.
+pub struct AdminApiUser(pub Principal);
+
+impl FromRequestParts<AppState> for AdminApiUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<AdminApiUser, ApiError> {
+        let ApiUser(principal) = ApiUser::from_request_parts(parts, state).await?;
+        if !principal.is_administrator() {
+            record_denied(state, &principal, parts, ADMIN_ONLY).await;
+            return Err(ApiError::Forbidden(ADMIN_ONLY.into()));
+        }
+        Ok(AdminApiUser(principal))
+    }
+}
+
+const ADMIN_ONLY: &str = "only admins and operators may use the administration screens";
 
 /// A signed-in browser user; anyone else is sent to the sign-in page.
 pub struct PageUser(pub Principal);

@@ -7,6 +7,7 @@ use learntrac_secrets::{KeySource, SecretStore};
 use learntrac_store::{AuditVerification, Store};
 
 use crate::ServerConfig;
+use crate::gateway::settings::{GatewaySettings, RuleMode};
 use crate::logs::mask::AddressMode;
 use crate::production::Problem;
 
@@ -101,11 +102,8 @@ pub async fn run(
             "LearnTrac has no multi-factor authentication yet; the password grant is off, so admins sign in at /login only",
         )
     });
-    controls.push(control(
-        "admin_networks",
-        Status::Warn,
-        "this version cannot limit admin pages and API calls to address ranges; restrict them at your network edge",
-    ));
+    controls.push(admin_networks_control(&config.gateway));
+    controls.push(filtering_rules_control(&config.gateway));
     controls.push(backup_control(config, secrets, now));
     controls.push(audit_control(store, audit_key, &config.logs.dir).await);
     controls.push(match config.log_client_address {
@@ -120,11 +118,19 @@ pub async fn run(
             format!("email addresses and tokens are masked; client addresses are logged as {mode:?}").to_lowercase(),
         ),
     });
+    let limits = &config.gateway.rate_limits;
     controls.push(control(
         "rate_limits",
         Status::Pass,
         format!(
-            "sign-in and token requests are limited to {} per client address and minute",
+            "token buckets of {}/s (burst {}) per address, {}/s (burst {}) per user and {}/s (burst {}) for sign-in; \
+             the identity provider also allows {} password checks per address and minute",
+            limits.address.per_second,
+            limits.address.burst,
+            limits.user.per_second,
+            limits.user.burst,
+            limits.auth.per_second,
+            limits.auth.burst,
             crate::idp::SIGN_IN_LIMIT
         ),
     ));
@@ -139,6 +145,61 @@ pub async fn run(
     ));
     controls.push(control("cache_tls", Status::Pass, "LearnTrac uses no cache server"));
     controls
+}
+
+fn admin_networks_control(gateway: &GatewaySettings) -> Control {
+    let ranges: Vec<String> = gateway.admin_networks.iter().map(|network| network.to_string()).collect();
+    // A range holding a well-known public resolver admits the internet at large.
+    let public =
+        [std::net::IpAddr::from([8, 8, 8, 8]), std::net::IpAddr::from([0x2001, 0x4860, 0x4860, 0, 0, 0, 0, 0x8888])];
+    let everywhere = gateway.admin_networks.iter().any(|network| public.iter().any(|ip| network.contains(*ip)));
+    if ranges.is_empty() {
+        control(
+            "admin_networks",
+            Status::Warn,
+            "admin_networks is empty, so no address may use the administration paths",
+        )
+    } else if everywhere {
+        control(
+            "admin_networks",
+            Status::Fail,
+            format!(
+                "admin_networks ({}) admits public addresses; list only your administrators' ranges",
+                ranges.join(", ")
+            ),
+        )
+    } else {
+        control(
+            "admin_networks",
+            Status::Pass,
+            format!("{} only from {}", gateway.admin_paths.join(", "), ranges.join(", ")),
+        )
+    }
+}
+
+fn filtering_rules_control(gateway: &GatewaySettings) -> Control {
+    let relaxed: Vec<String> = gateway
+        .waf
+        .rules
+        .iter()
+        .filter(|(_, mode)| **mode != RuleMode::Block)
+        .map(|(id, mode)| format!("{id} = {}", mode.as_str()))
+        .collect();
+    match (gateway.waf.mode, relaxed.is_empty()) {
+        (RuleMode::Block, true) => control(
+            "filtering_rules",
+            Status::Pass,
+            "every filtering rule blocks, but text-script, which only counts unless set to block",
+        ),
+        (RuleMode::Block, false) => {
+            control("filtering_rules", Status::Warn, format!("rules not blocking: {}", relaxed.join(", ")))
+        }
+        (mode, _) => control(
+            "filtering_rules",
+            Status::Warn,
+            format!("gateway.waf.mode = {}: matches are not blocked", mode.as_str()),
+        ),
+    }
 }
 
 fn master_key_control(config: &ServerConfig, problems: &[Problem]) -> Control {

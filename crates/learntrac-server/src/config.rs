@@ -55,6 +55,7 @@ pub struct ServerConfig {
     pub backup_dir: PathBuf,
     /// Age after which `learntrac check` calls the newest backup too old.
     pub backup_max_age_hours: i64,
+    pub gateway: crate::gateway::settings::GatewaySettings,
 }
 
 /// Shows the settings with the database password hidden.
@@ -105,6 +106,7 @@ impl ServerConfig {
             alerts: crate::alerts::AlertSettings::default(),
             backup_dir: data_dir_for_key.join("backups"),
             backup_max_age_hours: 26,
+            gateway: crate::gateway::settings::GatewaySettings::default(),
         }
     }
 }

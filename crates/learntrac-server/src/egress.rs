@@ -72,7 +72,9 @@ mod tests {
     /// Serves "ok" over HTTPS on loopback with a certificate from a new
     /// local CA; returns the address and the CA file.
     async fn https_server(dir: &std::path::Path) -> (SocketAddr, PathBuf) {
-        let tls = crate::tls::server_config(dir, None, None, &["localhost".to_string()]).expect("tls config");
+        let tls = crate::tls::CertificateFiles::resolve(dir, None, None, &["localhost".to_string()])
+            .and_then(|files| files.server_config())
+            .expect("tls config");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");

@@ -31,6 +31,18 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("too many requests; retry after {retry_after} seconds")]
     TooManyRequests { retry_after: u64 },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request was not received within {0} seconds")]
+    RequestTimeout(u64),
+    /// The gateway got no valid answer from the upstream.
+    #[error("the service behind the gateway failed to answer; try again")]
+    BadGateway,
+    /// No instance of the upstream is healthy.
+    #[error("the service is unavailable; try again shortly")]
+    ServiceUnavailable,
+    #[error("the service did not answer within {0} seconds")]
+    GatewayTimeout(u64),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -50,6 +62,11 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BadGateway => StatusCode::BAD_GATEWAY,
+            ApiError::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,6 +82,11 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::TooManyRequests { .. } => "rate_limited",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::BadGateway => "bad_gateway",
+            ApiError::ServiceUnavailable => "service_unavailable",
+            ApiError::GatewayTimeout(_) => "gateway_timeout",
             ApiError::Internal(_) => "internal",
         }
     }

@@ -18,6 +18,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pages;
 pub mod password;
+pub mod pki;
 pub mod production;
 pub mod secrets;
 pub mod service;

@@ -55,6 +55,8 @@ pub struct Metrics {
     latency: RwLock<BTreeMap<String, Arc<Histogram>>>,
     rate_limited: CounterVec,
     sign_ins: CounterVec,
+    filter_matches: CounterVec,
+    upstream_requests: CounterVec,
 }
 
 /// Escapes a label value for the exposition format.
@@ -87,6 +89,25 @@ impl Metrics {
     /// Counts a request rejected by a rate limit; `scope` names the limit.
     pub fn observe_rate_limited(&self, scope: &str) {
         self.rate_limited.add(&format!("scope=\"{}\"", label(scope)), 1);
+    }
+
+    /// Counts a filtering rule's match; `mode` is block or count.
+    pub fn observe_filter_match(&self, rule: &str, mode: &str) {
+        self.filter_matches.add(&format!("rule=\"{}\",mode=\"{}\"", label(rule), label(mode)), 1);
+    }
+
+    /// Counts a request the gateway sent to an upstream instance, by outcome:
+    /// `answered`, `failed` or `timeout`.
+    pub fn observe_upstream(&self, upstream: &str, instance: &str, outcome: &str) {
+        self.upstream_requests.add(
+            &format!(
+                "upstream=\"{}\",instance=\"{}\",outcome=\"{}\"",
+                label(upstream),
+                label(instance),
+                label(outcome)
+            ),
+            1,
+        );
     }
 
     /// Counts a sign-in by outcome: `success`, `wrong_password`, …
@@ -128,6 +149,12 @@ impl Metrics {
         out.push_str("# HELP learntrac_sign_ins_total Password checks by outcome.\n");
         out.push_str("# TYPE learntrac_sign_ins_total counter\n");
         self.sign_ins.render("learntrac_sign_ins_total", &mut out);
+        out.push_str("# HELP learntrac_filter_matches_total Requests matched by a filtering rule, by rule and mode.\n");
+        out.push_str("# TYPE learntrac_filter_matches_total counter\n");
+        self.filter_matches.render("learntrac_filter_matches_total", &mut out);
+        out.push_str("# HELP learntrac_upstream_requests_total Requests the gateway sent to each upstream instance.\n");
+        out.push_str("# TYPE learntrac_upstream_requests_total counter\n");
+        self.upstream_requests.render("learntrac_upstream_requests_total", &mut out);
 
         let (open, idle, max) = pool;
         out.push_str("# HELP learntrac_db_connections Database pool connections by state.\n");

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::api::parse_id;
-use crate::auth::{PageUser, Principal, StaffPageUser};
+use crate::auth::{AdminPageUser, PageUser, Principal, StaffPageUser};
 use crate::error::ApiError;
 use crate::{graph, service, wiki};
 
@@ -26,6 +26,7 @@ pub fn routes(max_upload_bytes: usize) -> Router<AppState> {
         .route("/paths/{id}", get(path_page))
         .route("/ticket/{id}", get(ticket_page).post(answer_ticket))
         .route("/roadmap", get(roadmap))
+        .route("/admin", get(admin))
         .route("/library", get(library).merge(upload_form))
         .route_layer(middleware::from_fn(crate::gateway::same_origin_forms))
 }
@@ -53,7 +54,9 @@ impl IntoResponse for PageError {
                 escape(&crate::gateway::current_request_id())
             ),
         );
-        (status, body).into_response()
+        let mut response = (status, body).into_response();
+        crate::error::add_challenge(&self.0, &mut response);
+        response
     }
 }
 
@@ -475,6 +478,26 @@ async fn answer_ticket(
         }
         Err(other) => Err(other.into()),
     }
+}
+
+/// The administration screen: the user pool, for admins and operators.
+async fn admin(State(state): State<AppState>, AdminPageUser(user): AdminPageUser) -> PageResult {
+    let users = state.store.list_users().await?;
+    let mut html = String::from(
+        "<h1>Administration</h1><h2>Users</h2><table><tr><th>Email</th><th>Name</th><th>Groups</th><th>State</th></tr>",
+    );
+    for listed in &users {
+        let groups: Vec<&str> = listed.groups.iter().map(|g| g.as_str()).collect();
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&listed.email),
+            escape(&listed.name),
+            escape(&groups.join(", ")),
+            if listed.disabled { "disabled" } else { "active" }
+        ));
+    }
+    html.push_str("</table>");
+    Ok(layout("Administration", Some(&user), &html).into_response())
 }
 
 async fn roadmap(State(state): State<AppState>, PageUser(user): PageUser) -> PageResult {

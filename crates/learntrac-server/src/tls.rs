@@ -28,44 +28,120 @@ pub fn generated_files(data_dir: &Path) -> GeneratedFiles {
     GeneratedFiles { ca_cert: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server-key.pem") }
 }
 
-/// Builds the rustls configuration from `cert` and `key` (PEM), or from
-/// the generated files, creating them if they do not exist. Only TLS 1.2
-/// and 1.3 are offered; rustls implements nothing older.
-pub fn server_config(
-    data_dir: &Path,
-    cert: Option<&Path>,
-    key: Option<&Path>,
-    hostnames: &[String],
-) -> Result<ServerConfig> {
-    let (cert_path, key_path) = match (cert, key) {
-        (Some(cert), Some(key)) => (cert.to_path_buf(), key.to_path_buf()),
-        (None, None) => {
-            let files = generated_files(data_dir);
-            if !files.cert.exists() || !files.key.exists() {
-                generate(&files, hostnames)?;
-                tracing::info!(ca = %files.ca_cert.display(), "generated a local certificate authority and server certificate");
+/// The certificate and key files the gateway serves, configured or
+/// generated.
+#[derive(Clone, Debug)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertificateFiles {
+    /// Returns `cert` and `key`, or the generated files, creating them if
+    /// they do not exist.
+    pub fn resolve(
+        data_dir: &Path,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        hostnames: &[String],
+    ) -> Result<CertificateFiles> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(CertificateFiles { cert: cert.to_path_buf(), key: key.to_path_buf() }),
+            (None, None) => {
+                let files = generated_files(data_dir);
+                if !files.cert.exists() || !files.key.exists() {
+                    generate(&files, hostnames)?;
+                    tracing::info!(ca = %files.ca_cert.display(), "generated a local certificate authority and server certificate");
+                }
+                Ok(CertificateFiles { cert: files.cert, key: files.key })
             }
-            (files.cert, files.key)
+            _ => bail!("set both tls_cert and tls_key, or neither to use a generated certificate"),
         }
-        _ => bail!("set both tls_cert and tls_key, or neither to use a generated certificate"),
-    };
-
-    let chain = CertificateDer::pem_file_iter(&cert_path)
-        .with_context(|| format!("cannot read TLS certificate {}", cert_path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("invalid PEM in TLS certificate {}", cert_path.display()))?;
-    if chain.is_empty() {
-        bail!("TLS certificate {} contains no certificate", cert_path.display());
     }
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .with_context(|| format!("cannot read TLS private key {}", key_path.display()))?;
 
-    let mut config = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("the TLS certificate and key do not match or are not supported")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    /// Builds the rustls configuration: TLS 1.3 and 1.2 only, with the
+    /// provider's suites, which all have forward secrecy and AEAD ciphers
+    /// (rustls implements no CBC, RC4 or static-RSA suite).
+    pub fn server_config(&self) -> Result<ServerConfig> {
+        let (chain, key) = load_pair(&self.cert, &self.key)?;
+        let mut config =
+            ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .context("the TLS certificate and key do not match or are not supported")?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// Returns the modification times of both files, to notice a replacement.
+    fn stamp(&self) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+        let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        Some((modified(&self.cert)?, modified(&self.key)?))
+    }
+}
+
+/// Reads a PEM certificate chain and its private key.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read TLS certificate {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("invalid PEM in TLS certificate {}", cert.display()))?;
+    if chain.is_empty() {
+        bail!("TLS certificate {} contains no certificate", cert.display());
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("cannot read TLS private key {}", key.display()))?;
+    Ok((chain, key))
+}
+
+/// Reloads the served certificate when its files change (checked every
+/// few seconds) or on SIGHUP. A pair that does not load is logged and the
+/// previous one kept.
+pub async fn watch(files: CertificateFiles, served: axum_server::tls_rustls::RustlsConfig) {
+    let mut stamp = files.stamp();
+    let mut failed = None;
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(2));
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let signalled = match hangup.as_mut() {
+            Some(signal) => tokio::select! {
+                _ = ticker.tick() => false,
+                _ = signal.recv() => true,
+            },
+            None => {
+                ticker.tick().await;
+                false
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = {
+            ticker.tick().await;
+            false
+        };
+        let current = files.stamp();
+        if !signalled && (current == stamp || current == failed) {
+            continue;
+        }
+        match files.server_config() {
+            Ok(config) => {
+                stamp = current;
+                served.reload_from_config(Arc::new(config));
+                tracing::info!(cert = %files.cert.display(), signalled, "reloaded the TLS certificate");
+            }
+            Err(error) => {
+                // A pair half-way through replacement fails once and loads
+                // on the next change; a broken pair is reported once.
+                failed = current;
+                tracing::error!(
+                    cert = %files.cert.display(),
+                    error = format!("{error:#}"),
+                    "cannot reload the TLS certificate; still serving the previous one"
+                );
+            }
+        }
+    }
 }
 
 /// Generates a CA and a server certificate signed by it (rustls rejects a

@@ -140,6 +140,13 @@ impl Store {
         row.as_ref().map(user_from_row).transpose()
     }
 
+    /// Every user, by id.
+    pub async fn list_users(&self) -> Result<Vec<User>> {
+        let rows =
+            sqlx::query(sql(format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))).fetch_all(&self.pool).await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
     pub async fn count_users(&self) -> Result<i64> {
         Ok(sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(&self.pool).await?.try_get("n")?)
     }

@@ -1,5 +1,6 @@
-//! The `learntrac` command: `serve` runs every role in one process; the
-//! other subcommands administer a data directory.
+//! The `learntrac` command: `serve` runs every role in one process;
+//! `gateway`, `trac`, `api` and `idp` run one role each; the other
+//! subcommands administer a data directory.
 
 mod backups;
 mod observe;
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use learntrac_server::pki::InternalTls;
 use learntrac_server::{AppState, gateway, password};
 use learntrac_store::Group;
 
@@ -37,6 +39,18 @@ pub struct DataArgs {
 enum Command {
     /// Run the gateway with the trac, api and idp roles behind it.
     Serve(ServeArgs),
+    /// Run the gateway alone, in front of roles in other processes listed
+    /// under [gateway.upstreams] in learntrac.toml.
+    Gateway(GatewayArgs),
+    /// Run the trac role (wiki, tickets, roadmap pages) alone, for the gateway.
+    Trac(RoleArgs),
+    /// Run the api role (the JSON API) alone, for the gateway.
+    Api(RoleArgs),
+    /// Run the idp role (sign-in, tokens, keys) alone, for the gateway.
+    Idp(RoleArgs),
+    /// Manage the internal certificate authority between the gateway and the roles.
+    #[command(subcommand)]
+    Pki(PkiCommand),
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -98,6 +112,67 @@ pub struct ServeArgs {
     pub metrics_listen: Option<String>,
 }
 
+#[derive(Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub internal: InternalTlsArgs,
+}
+
+#[derive(Args)]
+pub struct RoleArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Address to accept the gateway's connections on.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub internal: InternalTlsArgs,
+}
+
+/// The internal certificates; `learntrac pki init` writes the defaults.
+#[derive(Args)]
+pub struct InternalTlsArgs {
+    /// The internal CA certificate [default: DATA_DIR/pki/ca.pem].
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// This process's certificate [default: DATA_DIR/pki/ROLE.pem].
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// This process's private key [default: DATA_DIR/pki/ROLE-key.pem].
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+impl InternalTlsArgs {
+    fn resolve(&self, data_dir: &std::path::Path, name: &str) -> InternalTls {
+        let defaults = InternalTls::in_dir(&learntrac_server::pki::default_dir(data_dir), name);
+        InternalTls {
+            ca: self.ca.clone().unwrap_or(defaults.ca),
+            cert: self.cert.clone().unwrap_or(defaults.cert),
+            key: self.key.clone().unwrap_or(defaults.key),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create the internal CA, a client certificate for the gateway and a
+    /// server certificate for each role, in DATA_DIR/pki.
+    Init {
+        #[command(flatten)]
+        data: DataArgs,
+        /// A host name or address the roles are reached at, besides
+        /// localhost and the loopback addresses; repeat for several.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Replace an existing CA and every certificate it issued.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 #[derive(Subcommand)]
 enum UserCommand {
     /// Create a user.
@@ -130,8 +205,11 @@ enum UserCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `serve` logs to files as well, once its settings are known.
-    if !matches!(cli.command, Command::Serve(_)) {
+    // Servers log to files as well, once their settings are known.
+    if !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Gateway(_) | Command::Trac(_) | Command::Api(_) | Command::Idp(_)
+    ) {
         learntrac_server::logs::init_stderr();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -152,7 +230,22 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(args, None).await,
+        Command::Gateway(args) => serve(args.serve, Some(args.internal)).await,
+        Command::Trac(args) => serve_role("trac", args).await,
+        Command::Api(args) => serve_role("api", args).await,
+        Command::Idp(args) => serve_role("idp", args).await,
+        Command::Pki(PkiCommand::Init { data, hosts, force }) => {
+            let dir = learntrac_server::pki::default_dir(&data.data_dir);
+            learntrac_server::ensure_data_dir(&data.data_dir)?;
+            for path in learntrac_server::pki::init(&dir, &hosts, force)? {
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "keep ca-key.pem offline once every certificate is issued; only the CA certificate is needed to verify"
+            );
+            Ok(())
+        }
         Command::User(UserCommand::Add { data, email, name, groups, password_stdin: _ }) => {
             add_user(data, &email, name, &groups).await
         }
@@ -168,7 +261,9 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
+/// Runs the gateway: with `internal` unset (`learntrac serve`), every role
+/// that has no upstream addresses runs in this process too.
+async fn serve(args: ServeArgs, internal: Option<InternalTlsArgs>) -> Result<()> {
     let mut config = settings::resolve(&args.data)?;
     settings::apply_serve_args(&mut config, &args)?;
     learntrac_server::ensure_data_dir(&config.data_dir)?;
@@ -205,7 +300,39 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         });
     }
-    gateway::serve(state, listeners, shutdown_signal()).await
+    let pki_dir = learntrac_server::pki::default_dir(&state.config.data_dir);
+    let (local_roles, internal) = match &internal {
+        Some(args) => (Vec::new(), Some(args.resolve(&state.config.data_dir, learntrac_server::pki::GATEWAY))),
+        None => {
+            let local: Vec<&str> = learntrac_server::gateway::settings::ROLES
+                .iter()
+                .copied()
+                .filter(|role| !state.config.gateway.upstreams.contains_key(*role))
+                .collect();
+            (local, Some(InternalTls::in_dir(&pki_dir, learntrac_server::pki::GATEWAY)))
+        }
+    };
+    let gateway = gateway::Gateway::new(state, &local_roles, internal.as_ref())?;
+    gateway::serve(gateway, listeners, shutdown_signal()).await
+}
+
+/// Runs one role on its own listener, for a gateway in another process.
+async fn serve_role(role: &'static str, args: RoleArgs) -> Result<()> {
+    let config = settings::resolve(&args.data)?;
+    learntrac_server::ensure_data_dir(&config.data_dir)?;
+    learntrac_server::logs::init_with_files(&config.logs)?;
+    let internal = args.internal.resolve(&config.data_dir, role);
+    let listener = std::net::TcpListener::bind(args.listen).with_context(|| {
+        format!("cannot listen on {} for the {role} role; is another server using it?", args.listen)
+    })?;
+    let state = AppState::open(config).await?;
+    if state.config.production {
+        check_production(&state).await?;
+    }
+    if role != "idp" {
+        tokio::spawn(learntrac_server::service::watch_library(state.clone()));
+    }
+    learntrac_server::gateway::roles::serve(state, role, listener, &internal, shutdown_signal()).await
 }
 
 /// Fails with every problem that makes the setup unfit for production.

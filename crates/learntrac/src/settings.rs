@@ -53,6 +53,7 @@ struct FileSettings {
     alert_group_seconds: Option<i64>,
     backup_dir: Option<PathBuf>,
     backup_max_age_hours: Option<i64>,
+    gateway: Option<learntrac_server::gateway::settings::GatewaySettings>,
 }
 
 /// The environment variable that contains the master key itself (base64).
@@ -228,6 +229,10 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
     }
     if let Some(hours) = file.backup_max_age_hours {
         config.backup_max_age_hours = in_range("backup_max_age_hours", hours, 1..=24 * 365)?;
+    }
+    if let Some(gateway) = file.gateway {
+        gateway.validate().map_err(|error| anyhow::anyhow!("{error} in {FILE_NAME}"))?;
+        config.gateway = gateway;
     }
     Ok(config)
 }

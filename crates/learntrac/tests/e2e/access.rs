@@ -154,18 +154,7 @@ async fn pages_redirect_to_sign_in() {
     let cookie = server.sign_in("learner@example.org", PASSWORD).await;
     let page = server.client.get(server.url("/wiki/WikiStart")).header("cookie", &cookie).send().await.expect("page");
     assert_eq!(page.status(), 200);
-    let headers = page.headers().clone();
-    for name in [
-        "strict-transport-security",
-        "content-security-policy",
-        "x-content-type-options",
-        "x-frame-options",
-        "referrer-policy",
-        "permissions-policy",
-        "x-request-id",
-    ] {
-        assert!(headers.contains_key(name), "{name} is missing");
-    }
+    crate::harness::assert_security_headers(&page, "a wiki page");
     let html = page.text().await.expect("html");
     assert!(html.contains("action=\"/paths/preview\""), "the LearningPath macro shows the goal form");
 

@@ -19,6 +19,25 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_learntrac");
 pub const SERVE_ARGS: &[&str] =
     &["serve", "--https-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
 
+/// Headers the gateway puts on every response.
+pub const SECURITY_HEADERS: &[&str] = &[
+    "strict-transport-security",
+    "content-security-policy",
+    "x-content-type-options",
+    "x-frame-options",
+    "referrer-policy",
+    "permissions-policy",
+    "x-request-id",
+];
+
+/// Fails unless `response` carries every header in [`SECURITY_HEADERS`];
+/// `what` names the response in the message.
+pub fn assert_security_headers(response: &reqwest::Response, what: &str) {
+    for name in SECURITY_HEADERS {
+        assert!(response.headers().contains_key(*name), "{name} is missing on {what}");
+    }
+}
+
 /// A test user's password; it meets the password policy.
 pub const PASSWORD: &str = "Learn-Trac-2026!";
 
@@ -175,9 +194,15 @@ impl Server {
 
     /// Starts `learntrac serve` on port 0 and waits for its bound addresses.
     pub async fn serve(&mut self) {
+        self.serve_with(SERVE_ARGS).await;
+    }
+
+    /// Starts `learntrac ARGS` (`serve` or `gateway` with their listen
+    /// flags) and waits for its bound addresses.
+    pub async fn serve_with(&mut self, args: &[&str]) {
         let mut child = self
             .command()
-            .args(SERVE_ARGS)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -225,13 +250,56 @@ impl Server {
         self.https_port = https_port;
         self.http_port = http_port;
         self.base = format!("https://localhost:{https_port}");
+        self.client = self.client_from([127, 0, 0, 1].into());
+    }
+
+    /// A client that trusts the generated CA and connects from `local`
+    /// (any 127.x.y.z address reaches the loopback listener).
+    pub fn client_from(&self, local: std::net::IpAddr) -> reqwest::Client {
         let ca = std::fs::read(self.data_dir.join("tls/ca.pem")).expect("read generated CA");
-        self.client = reqwest::Client::builder()
+        reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA certificate"))
-            .resolve("localhost", ([127, 0, 0, 1], https_port).into())
+            .resolve("localhost", ([127, 0, 0, 1], self.https_port).into())
+            .local_address(local)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .expect("HTTP client");
+            .expect("HTTP client")
+    }
+
+    /// Starts `learntrac ROLE --listen 127.0.0.1:PORT` on this server's data
+    /// directory and database, and waits until it listens.
+    pub fn spawn_role(&self, role: &str, port: u16) -> Process {
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = self
+            .command()
+            .args([role, "--listen", &listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn a role");
+        let output: Arc<Mutex<String>> = Arc::default();
+        let (sender, receiver) = mpsc::channel::<()>();
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let output = output.clone();
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("role listening for the gateway") {
+                        let _ = sender.send(());
+                    }
+                    output.lock().expect("log lock").push_str(&format!("{line}\n"));
+                }
+            });
+        }
+        let process = Process { child, output };
+        if receiver.recv_timeout(Duration::from_secs(60)).is_err() {
+            panic!("learntrac {role} did not start:\n{}", process.output());
+        }
+        process
     }
 
     /// `http://127.0.0.1:PORT/metrics`, waiting up to 10 s for the listener.
@@ -244,6 +312,13 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("the metrics listener did not start; stdout:\n{}", self.stdout_text());
+    }
+
+    /// Sends a signal such as `HUP` to the running server.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id().to_string();
+        let status = Command::new("kill").args([&format!("-{name}"), &pid]).status().expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     pub fn stderr_text(&self) -> String {
@@ -312,6 +387,46 @@ impl Server {
         let cookie = response.headers().get("set-cookie").expect("session cookie").to_str().expect("ascii").to_string();
         cookie.split(';').next().expect("cookie pair").to_string()
     }
+}
+
+/// A role process started by [`Server::spawn_role`]; killed when dropped.
+pub struct Process {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Process {
+    /// What the process printed so far, standard output and error.
+    pub fn output(&self) -> String {
+        self.output.lock().expect("log lock").clone()
+    }
+
+    /// Sends SIGTERM, as an operator stopping the service would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit after [`Process::terminate`].
+    pub fn wait(&mut self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.child.try_wait().expect("poll the role").is_none() {
+            assert!(std::time::Instant::now() < deadline, "the role did not stop:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
 impl Drop for Server {

@@ -6,6 +6,7 @@
 mod access;
 mod browser;
 mod database;
+mod gateway;
 mod harness;
 mod input;
 mod learning;
