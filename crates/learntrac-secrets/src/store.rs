@@ -149,6 +149,31 @@ impl SecretStore {
         Ok(created)
     }
 
+    /// Stores `value` under `name` unless the store already has that name.
+    /// The check and the write happen under the store's lock, so processes
+    /// starting together on one data directory agree on one value. Returns
+    /// true when this call stored it; otherwise the stored value stays and
+    /// this handle sees it.
+    pub fn put_if_absent(&mut self, name: &str, value: &str, now: i64) -> Result<bool> {
+        validate_name(name)?;
+        let lock = lock(&self.path)?;
+        self.keys.reload()?;
+        let mut file = read_store_file(&self.path)?;
+        if file.secrets.contains_key(name) {
+            self.file = file;
+            return Ok(false);
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(SecretError::TooLarge { name: name.to_string(), size: value.len(), max: MAX_VALUE_BYTES });
+        }
+        let sealed = encrypt_entry(&self.keys, name, value.as_bytes())?;
+        file.secrets.insert(name.to_string(), Entry { created_at: now, rotated_at: now, ..sealed });
+        write_store_file(&self.path, &file)?;
+        self.file = file;
+        drop(lock);
+        Ok(true)
+    }
+
     pub fn delete(&mut self, name: &str) -> Result<()> {
         let ((), file) = modify(&self.path, |file| match file.secrets.remove(name) {
             Some(_) => Ok(()),
@@ -383,6 +408,19 @@ mod tests {
         store.delete("db-password").expect("delete");
         assert!(matches!(store.get("db-password"), Err(SecretError::NotFound(_))));
         assert!(matches!(store.delete("db-password"), Err(SecretError::NotFound(_))));
+    }
+
+    #[test]
+    fn put_if_absent_keeps_the_first_value() {
+        let dir = temp_dir("absent");
+        let mut first = open_store(&dir);
+        // A second handle opened before either wrote, as a second process
+        // starting at the same time would be.
+        let mut second = open_store(&dir);
+        assert!(first.put_if_absent("signing-key", "from the first", 1).expect("first"));
+        assert!(!second.put_if_absent("signing-key", "from the second", 2).expect("second"));
+        assert_eq!(second.get("signing-key").expect("get").expose(), "from the first");
+        assert_eq!(open_store(&dir).get("signing-key").expect("get").expose(), "from the first");
     }
 
     #[test]

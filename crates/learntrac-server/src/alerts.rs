@@ -246,7 +246,7 @@ async fn deliver_with_retries(
                 return true;
             }
             Ok(response) => format!("status {}", response.status()),
-            Err(error) => error_chain(&error.without_url()),
+            Err(error) => crate::egress::error_chain(&error.without_url()),
         };
         // The address is not logged: webhook addresses often carry a token.
         tracing::warn!(alert_id = alert.id, attempt, failure, "alert webhook failed");
@@ -260,18 +260,6 @@ async fn deliver_with_retries(
         "alert webhook gave up; the alert stays in the alerts table"
     );
     false
-}
-
-/// Formats an error with its causes, which reqwest keeps out of its own message.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Verifies the audit chain every `interval` and fires an alert while it

@@ -51,6 +51,18 @@ pub fn client(settings: &EgressSettings) -> Result<reqwest::Client> {
     builder.build().context("cannot build the HTTPS client")
 }
 
+/// Formats an error with its causes, which reqwest keeps out of its own message.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;

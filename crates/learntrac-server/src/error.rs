@@ -33,6 +33,8 @@ pub enum ApiError {
     TooManyRequests { retry_after: u64 },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("the request headers are larger than {limit} bytes; send fewer or shorter headers (cookies included)")]
+    HeadersTooLarge { limit: usize },
     #[error("the request was not received within {0} seconds")]
     RequestTimeout(u64),
     /// The gateway got no valid answer from the upstream.
@@ -63,6 +65,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadGateway => StatusCode::BAD_GATEWAY,
             ApiError::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,6 +86,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::BadGateway => "bad_gateway",
             ApiError::ServiceUnavailable => "service_unavailable",

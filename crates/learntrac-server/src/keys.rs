@@ -65,17 +65,29 @@ pub fn ensure_signing_key(store: &mut SecretStore, data_dir: &Path, now: i64) ->
         let pem_text = std::fs::read_to_string(&legacy).with_context(|| format!("cannot read {}", legacy.display()))?;
         SigningKeys::from_pkcs8_pem(pem_text.as_bytes())
             .with_context(|| format!("LT-KEY-LOAD: invalid token-signing key {}", legacy.display()))?;
-        store.put(TOKEN_SIGNING_KEY, &pem_text, now)?;
-        std::fs::remove_file(&legacy).with_context(|| format!("cannot remove {}", legacy.display()))?;
-        tracing::info!(path = %legacy.display(), "moved the token-signing key into the secrets store");
-        return Ok(true);
+        let stored = store.put_if_absent(TOKEN_SIGNING_KEY, &pem_text, now)?;
+        match std::fs::remove_file(&legacy) {
+            // Another process starting at the same time removed it first.
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(error).with_context(|| format!("cannot remove {}", legacy.display()));
+            }
+            _ => {}
+        }
+        if stored {
+            tracing::info!(path = %legacy.display(), "moved the token-signing key into the secrets store");
+        }
+        return Ok(stored);
     }
     let key = KeyPair::generate(KeySize::Rsa2048)
         .map_err(|_| anyhow::anyhow!("LT-KEY-GENERATE: RSA key generation failed"))?;
     let der = key.as_der().map_err(|_| anyhow::anyhow!("LT-KEY-GENERATE: cannot encode the RSA key"))?;
-    store.put(TOKEN_SIGNING_KEY, &pem("PRIVATE KEY", der.as_ref()), now)?;
-    tracing::info!(secret = TOKEN_SIGNING_KEY, "generated the token-signing key in the secrets store");
-    Ok(true)
+    // Another process starting on the same data directory may have stored
+    // one since; its key wins and this one is dropped.
+    let stored = store.put_if_absent(TOKEN_SIGNING_KEY, &pem("PRIVATE KEY", der.as_ref()), now)?;
+    if stored {
+        tracing::info!(secret = TOKEN_SIGNING_KEY, "generated the token-signing key in the secrets store");
+    }
+    Ok(stored)
 }
 
 fn pem(label: &str, der: &[u8]) -> String {

@@ -17,6 +17,11 @@ use rustls::pki_types::{CertificateDer, pem::PemObject};
 pub const GATEWAY: &str = "gateway";
 pub const ROLE_NAMES: &[&str] = &["trac", "api", "idp"];
 
+/// Days the internal CA and the certificates it issues are valid; `pki
+/// init --force` issues new ones.
+const CA_DAYS: i64 = 3650;
+const CERTIFICATE_DAYS: i64 = 825;
+
 /// Common name of the internal CA.
 pub const INTERNAL_CA_NAME: &str = "LearnTrac internal CA";
 
@@ -115,7 +120,7 @@ pub fn init(dir: &Path, hosts: &[String], force: bool) -> Result<Vec<PathBuf>> {
     ca_params.distinguished_name.push(DnType::CommonName, INTERNAL_CA_NAME);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    crate::tls::set_validity(&mut ca_params, CA_DAYS);
     let ca_cert = ca_params.self_signed(&ca_key).context("cannot sign the CA certificate")?;
     let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(ca_params, ca_key);
@@ -139,7 +144,7 @@ pub fn init(dir: &Path, hosts: &[String], force: bool) -> Result<Vec<PathBuf>> {
         params.distinguished_name.push(DnType::CommonName, format!("learntrac-{name}"));
         params.extended_key_usages = vec![usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_after = rcgen::date_time_ymd(2031, 1, 1);
+        crate::tls::set_validity(&mut params, CERTIFICATE_DAYS);
         let key = KeyPair::generate().context("cannot generate a key")?;
         let cert = params.signed_by(&key, &issuer).context("cannot sign a certificate")?;
         let files = InternalTls::in_dir(dir, name);

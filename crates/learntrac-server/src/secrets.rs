@@ -46,8 +46,7 @@ pub fn open_store_with_next(
 pub fn ensure_generated_secrets(store: &mut SecretStore, now: i64) -> Result<Vec<&'static str>> {
     let mut created = Vec::new();
     for name in [learntrac_secrets::AUDIT_KEY, learntrac_secrets::LOG_ADDRESS_KEY] {
-        if !store.contains(name) {
-            store.put(name, &crate::random_token(32), now)?;
+        if !store.contains(name) && store.put_if_absent(name, &crate::random_token(32), now)? {
             created.push(name);
         }
     }

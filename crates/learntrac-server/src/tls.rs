@@ -52,6 +52,13 @@ impl CertificateFiles {
                 if !files.cert.exists() || !files.key.exists() {
                     generate(&files, hostnames)?;
                     tracing::info!(ca = %files.ca_cert.display(), "generated a local certificate authority and server certificate");
+                } else if expires_soon(&files.cert) {
+                    generate(&files, hostnames)?;
+                    tracing::warn!(
+                        ca = %files.ca_cert.display(),
+                        "the generated certificate was about to expire; generated a new local certificate authority, \
+                         which clients must trust again"
+                    );
                 }
                 Ok(CertificateFiles { cert: files.cert, key: files.key })
             }
@@ -70,6 +77,9 @@ impl CertificateFiles {
                 .with_single_cert(chain, key)
                 .context("the TLS certificate and key do not match or are not supported")?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The server picks the suite in the provider's order (AES-256-GCM
+        // first) rather than the client's.
+        config.ignore_client_order = true;
         Ok(config)
     }
 
@@ -144,6 +154,34 @@ pub async fn watch(files: CertificateFiles, served: axum_server::tls_rustls::Rus
     }
 }
 
+/// Days a generated certificate is valid: the longest that browsers accept
+/// for a server certificate.
+const GENERATED_DAYS: i64 = 397;
+
+/// Days before the end of validity at which the generated certificate is
+/// replaced on start.
+const RENEW_DAYS: i64 = 30;
+
+/// Returns whether the certificate in `path` ends within [`RENEW_DAYS`]
+/// (or cannot be read, which generating anew also fixes).
+fn expires_soon(path: &Path) -> bool {
+    match crate::production::read_leaf(path) {
+        Ok(leaf) => leaf.not_after - crate::unix_now() < RENEW_DAYS * 86_400,
+        Err(_) => true,
+    }
+}
+
+/// Makes `params` valid from yesterday for `days` days, in whole days (UTC).
+pub(crate) fn set_validity(params: &mut CertificateParams, days: i64) {
+    let today = crate::unix_now().div_euclid(86_400);
+    let date = |days: i64| {
+        let (year, month, day) = crate::time::civil_from_days(days);
+        rcgen::date_time_ymd(year as i32, month as u8, day as u8)
+    };
+    params.not_before = date(today - 1);
+    params.not_after = date(today + days);
+}
+
 /// Generates a CA and a server certificate signed by it (rustls rejects a
 /// self-signed certificate that is its own CA). The keys are written with
 /// mode 0600.
@@ -156,6 +194,7 @@ fn generate(files: &GeneratedFiles, hostnames: &[String]) -> Result<()> {
     ca_params.distinguished_name.push(DnType::CommonName, LOCAL_CA_NAME);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    set_validity(&mut ca_params, GENERATED_DAYS);
     let ca_cert = ca_params.self_signed(&ca_key).context("cannot sign the CA certificate")?;
 
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
@@ -167,6 +206,7 @@ fn generate(files: &GeneratedFiles, hostnames: &[String]) -> Result<()> {
     let mut params = CertificateParams::new(names).context("invalid host name for the certificate")?;
     params.distinguished_name.push(DnType::CommonName, "LearnTrac gateway");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    set_validity(&mut params, GENERATED_DAYS);
     let server_key = KeyPair::generate().context("cannot generate the server key")?;
     let issuer = Issuer::new(ca_params, ca_key);
     let server_cert = params.signed_by(&server_key, &issuer).context("cannot sign the server certificate")?;
@@ -180,4 +220,32 @@ fn generate(files: &GeneratedFiles, hostnames: &[String]) -> Result<()> {
 /// Wraps the configuration for axum-server.
 pub fn rustls_config(config: ServerConfig) -> axum_server::tls_rustls::RustlsConfig {
     axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificate_lasts_a_year_and_is_renewed_before_it_ends() {
+        let dir = std::env::temp_dir().join(format!("learntrac-tls-{}", crate::random_token(6)));
+        let files = CertificateFiles::resolve(&dir, None, None, &["learn.example".to_string()]).expect("generate");
+        let leaf = crate::production::read_leaf(&files.cert).expect("leaf");
+        let now = crate::unix_now();
+        assert!(leaf.not_before <= now && leaf.not_before > now - 3 * 86_400, "{leaf:?}");
+        let days = (leaf.not_after - now) / 86_400;
+        assert!((GENERATED_DAYS - 1..=GENERATED_DAYS).contains(&days), "{days}");
+        assert!(leaf.covers("learn.example"));
+
+        // A certificate near its end is replaced on the next start.
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let key = KeyPair::generate().expect("key");
+        std::fs::write(&files.cert, params.self_signed(&key).expect("sign").pem()).expect("write");
+        CertificateFiles::resolve(&dir, None, None, &[]).expect("renew");
+        let renewed = crate::production::read_leaf(&files.cert).expect("leaf");
+        assert!(renewed.not_after > now + 300 * 86_400, "{renewed:?}");
+        files.server_config().expect("the renewed pair loads");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

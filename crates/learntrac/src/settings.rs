@@ -231,7 +231,9 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
         config.backup_max_age_hours = in_range("backup_max_age_hours", hours, 1..=24 * 365)?;
     }
     if let Some(gateway) = file.gateway {
-        gateway.validate().map_err(|error| anyhow::anyhow!("{error} in {FILE_NAME}"))?;
+        gateway.validate().map_err(|error| {
+            anyhow::anyhow!("invalid settings in {}: {error}", data.data_dir.join(FILE_NAME).display())
+        })?;
         config.gateway = gateway;
     }
     Ok(config)

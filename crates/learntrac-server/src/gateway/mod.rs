@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -36,8 +36,9 @@ struct RequestContext {
     id: String,
     /// The authenticated user's id, 0 until a token has been accepted.
     user_id: std::sync::atomic::AtomicI64,
-    /// The role that serves the request, which is also its log group.
-    role: &'static str,
+    /// The log group of the request's events: the gateway's while it
+    /// checks the request, then the role that serves it.
+    role: std::sync::atomic::AtomicUsize,
     /// The client's address, unmasked, for the audit trail.
     client: Option<std::net::IpAddr>,
     /// The route template that matched, such as `/api/v1/tickets/{id}`.
@@ -53,9 +54,33 @@ pub fn current_request_id() -> String {
     REQUEST.try_with(|r| r.id.clone()).unwrap_or_else(|_| "-".to_string())
 }
 
-/// Returns the role serving the request being handled, if any.
+/// Log groups a request's events can belong to; the context stores an index.
+const LOG_ROLES: &[&str] = &["gateway", "trac", "api", "idp"];
+
+fn role_index(role: &str) -> usize {
+    LOG_ROLES.iter().position(|known| *known == role).unwrap_or(0)
+}
+
+impl RequestContext {
+    fn new(id: String, role: &str, client: Option<std::net::IpAddr>) -> RequestContext {
+        RequestContext {
+            id,
+            user_id: std::sync::atomic::AtomicI64::new(0),
+            role: std::sync::atomic::AtomicUsize::new(role_index(role)),
+            client,
+            route: Mutex::new(None),
+        }
+    }
+}
+
+/// Returns the log group of the request being handled, if any.
 pub fn current_role() -> Option<&'static str> {
-    REQUEST.try_with(|r| r.role).ok()
+    REQUEST.try_with(|r| LOG_ROLES[r.role.load(std::sync::atomic::Ordering::Relaxed)]).ok()
+}
+
+/// Files the rest of the request's events under `role`'s log group.
+fn enter_role(role: &str) {
+    let _ = REQUEST.try_with(|r| r.role.store(role_index(role), std::sync::atomic::Ordering::Relaxed));
 }
 
 /// Returns the id and client address of the request being handled, or
@@ -92,7 +117,13 @@ impl Gateway {
         })?;
         let client = match (table.remote_pools().is_empty(), internal) {
             (true, _) => reqwest::Client::new(),
-            (false, Some(internal)) => internal.client()?,
+            (false, Some(internal)) => internal.client().with_context(|| {
+                format!(
+                    "the gateway needs its client certificate {} for the upstreams in other processes; \
+                     run `learntrac pki init`, or pass --ca, --cert and --key",
+                    internal.cert.display()
+                )
+            })?,
             (false, None) => {
                 anyhow::bail!("upstreams in other processes need the internal certificates; run `learntrac pki init`")
             }
@@ -168,7 +199,18 @@ fn log_role(name: &str) -> &'static str {
 
 /// Assigns the request id, refuses malformed paths, logs the request, adds
 /// security headers and feeds the metrics and the alert rules.
-async fn gateway_layer(State(gateway): State<Arc<Gateway>>, mut request: Request, next: Next) -> Response {
+async fn gateway_layer(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    observe(&gateway, request, next, true).await
+}
+
+/// The same for the plain HTTP listener, whose requests never reach a role.
+async fn redirect_layer(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    observe(&gateway, request, next, false).await
+}
+
+/// Does the work of [`gateway_layer`]; `routed` is false on the plain HTTP
+/// listener, which logs every request under the gateway's own group.
+async fn observe(gateway: &Gateway, mut request: Request, next: Next, routed: bool) -> Response {
     let started = Instant::now();
     let state = &gateway.app;
     let request_id = crate::random_token(9);
@@ -178,21 +220,27 @@ async fn gateway_layer(State(gateway): State<Arc<Gateway>>, mut request: Request
         request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|connect| connect.0.ip());
     let normalised = limits::normalise_path(&raw_path);
     let role = match &normalised {
-        Ok(path) if path == "/health" || path == "/healthz" => "gateway",
-        Ok(path) => gateway.table.lookup(path).map_or("gateway", |route| log_role(&route.name)),
-        Err(_) => "gateway",
+        Ok(path) if routed && path != "/health" && path != "/healthz" => {
+            gateway.table.lookup(path).map_or("gateway", |route| log_role(&route.name))
+        }
+        _ => "gateway",
     };
+    let head_limit = gateway.settings.max_header_bytes;
+    let head_too_large = head_size(&request) > head_limit;
 
-    let context = RequestContext {
-        id: request_id.clone(),
-        user_id: std::sync::atomic::AtomicI64::new(0),
-        role,
-        client,
-        route: Mutex::new(None),
-    };
+    let context = RequestContext::new(request_id.clone(), "gateway", client);
     let (mut response, user_id, route) = REQUEST
         .scope(context, async {
             let response = match normalised {
+                _ if head_too_large => {
+                    tracing::warn!(
+                        target: "learntrac::security",
+                        limit = head_limit,
+                        request_id = %current_request_id(),
+                        "request headers too large"
+                    );
+                    error_response(&raw_path, ApiError::HeadersTooLarge { limit: head_limit })
+                }
                 Ok(path) => {
                     if path != raw_path {
                         set_path(&mut request, &path);
@@ -206,7 +254,13 @@ async fn gateway_layer(State(gateway): State<Arc<Gateway>>, mut request: Request
                         }
                         limits::PathProblem::Malformed => "the path is malformed; percent-encode it correctly",
                     };
-                    tracing::warn!(target: "learntrac::security", path = %raw_path, reason = ?problem, "path rejected");
+                    tracing::warn!(
+                        target: "learntrac::security",
+                        path = %raw_path,
+                        reason = ?problem,
+                        request_id = %current_request_id(),
+                        "path rejected"
+                    );
                     error_response(&raw_path, ApiError::bad_request("invalid_path", message))
                 }
             };
@@ -248,6 +302,15 @@ async fn gateway_layer(State(gateway): State<Arc<Gateway>>, mut request: Request
     response
 }
 
+/// Returns the size of the request head as HTTP/1.1 would send it: the
+/// request line and every header line.
+fn head_size(request: &Request) -> usize {
+    let uri = request.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len()) + uri.authority().map_or(0, |a| a.as_str().len());
+    let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    request.method().as_str().len() + target + 12 + headers
+}
+
 /// Replaces the path of the request's URI, keeping the query.
 fn set_path(request: &mut Request, path: &str) {
     let path_and_query = match request.uri().query() {
@@ -272,45 +335,98 @@ fn error_response(path: &str, error: ApiError) -> Response {
 /// to a request and sends it to its upstream.
 async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
     let path = request.uri().path().to_string();
-    match checked_forward(&gateway, request).await {
+    let (parts, body) = request.into_parts();
+    let mut body = Some(body);
+    match checked_forward(&gateway, parts, &mut body).await {
         Ok(response) => response,
-        Err(error) => error_response(&path, error),
+        Err(error) => {
+            let response = error_response(&path, error);
+            match body {
+                Some(unread) => drop_after_response(response, unread),
+                None => response,
+            }
+        }
     }
 }
 
-async fn checked_forward(gateway: &Gateway, request: Request) -> Result<Response, ApiError> {
+/// Keeps an unread request body until the error response has been sent.
+/// Over HTTP/2, dropping it first would reset the stream (CANCEL) and the
+/// client would lose the response; dropped after, the reset says NO_ERROR.
+fn drop_after_response(response: Response, request_body: Body) -> Response {
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, Body::new(AfterResponse { response: body, _request: request_body }))
+}
+
+struct AfterResponse {
+    response: Body,
+    _request: Body,
+}
+
+impl http_body::Body for AfterResponse {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.response).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.response.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.response.size_hint()
+    }
+}
+
+async fn checked_forward(
+    gateway: &Gateway,
+    mut parts: axum::http::request::Parts,
+    unread: &mut Option<Body>,
+) -> Result<Response, ApiError> {
     let settings = &gateway.settings;
     let state = &gateway.app;
-    let path = request.uri().path().to_string();
-    let client = request
-        .extensions()
+    let path = parts.uri.path().to_string();
+    let client = parts
+        .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|connect| connect.0.ip())
         .ok_or_else(|| anyhow::anyhow!("the request has no client address"))?;
 
     if settings.is_admin_path(&path) && !settings.admin_allowed(client) {
         let masked = state.masker.mask(client);
-        tracing::warn!(target: "learntrac::security", client = masked, path, "administration request rejected: client address outside admin_networks");
-        crate::audit::record(
-            state,
-            crate::audit::Actor::Anonymous,
-            "admin.access",
-            &path,
-            "denied",
-            "client address outside admin_networks",
-        )
-        .await;
+        tracing::warn!(
+            target: "learntrac::security",
+            client = masked,
+            path,
+            request_id = %current_request_id(),
+            "administration request rejected: client address outside admin_networks"
+        );
+        let actor = match signed_in_user(state, &parts.headers) {
+            Some(user_id) => crate::audit::Actor::User(user_id),
+            None => crate::audit::Actor::Anonymous,
+        };
+        let details = "client address outside admin_networks";
+        crate::audit::record(state, actor, "admin.access", &path, "denied", details).await;
         return Err(ApiError::Forbidden("administration is not allowed from this address".into()));
     }
 
-    check_rate_limits(gateway, &request, client, &path)?;
+    check_rate_limits(gateway, &parts, client, &path)?;
 
-    let (mut parts, body) = request.into_parts();
     let body = if settings.is_upload_path(&path) && parts.method == axum::http::Method::POST {
         inspect(gateway, &parts, &[])?;
-        upload_body(gateway, &parts, body)?
+        check_upload(gateway, &parts)?;
+        let body = unread.take().unwrap_or_default();
+        upstream::ForwardBody::Streamed(Body::new(http_body_util::Limited::new(body, state.config.max_upload_bytes)))
     } else {
-        let bytes = read_body(settings, &parts, body).await?;
+        let limit = settings.max_body_bytes;
+        if declared_length(&parts).is_some_and(|length| length > limit as u64) {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        let bytes = read_body(settings, unread.take().unwrap_or_default()).await?;
         inspect(gateway, &parts, &bytes)?;
         upstream::ForwardBody::Buffered(bytes)
     };
@@ -318,6 +434,7 @@ async fn checked_forward(gateway: &Gateway, request: Request) -> Result<Response
     let Some(route) = gateway.table.lookup(&path) else {
         return Err(ApiError::NotFound("page".into()));
     };
+    enter_role(log_role(&route.name));
     set_forwarded_headers(&mut parts, client);
     let timeout = Duration::from_secs(settings.request_seconds);
     let result = upstream::forward(
@@ -332,12 +449,17 @@ async fn checked_forward(gateway: &Gateway, request: Request) -> Result<Response
     let mut response = match result {
         Ok(response) => response,
         Err(upstream::ForwardError::Unavailable) => {
-            tracing::error!(upstream = %route.name, "no healthy instance for the request");
+            tracing::error!(upstream = %route.name, request_id = %current_request_id(), "no healthy instance for the request");
             return Err(ApiError::ServiceUnavailable);
         }
         Err(upstream::ForwardError::Timeout) => return Err(ApiError::GatewayTimeout(settings.request_seconds)),
         Err(upstream::ForwardError::Failed(cause)) => {
-            tracing::error!(upstream = %route.name, cause, "the upstream returned no valid response");
+            tracing::error!(
+                upstream = %route.name,
+                request_id = %current_request_id(),
+                cause,
+                "the upstream returned no valid response"
+            );
             return Err(ApiError::BadGateway);
         }
     };
@@ -348,17 +470,17 @@ async fn checked_forward(gateway: &Gateway, request: Request) -> Result<Response
 /// Takes one token from each bucket the request counts against.
 fn check_rate_limits(
     gateway: &Gateway,
-    request: &Request,
+    request: &axum::http::request::Parts,
     client: std::net::IpAddr,
     path: &str,
 ) -> Result<(), ApiError> {
     let limits = &gateway.settings.rate_limits;
     let now = Instant::now();
     let mut checks = vec![("address", limits::BucketKey::Address(client), limits.address)];
-    if request.method() == axum::http::Method::POST && gateway.settings.is_auth_path(path) {
+    if request.method == axum::http::Method::POST && gateway.settings.is_auth_path(path) {
         checks.push(("auth", limits::BucketKey::Auth(client), limits.auth));
     }
-    if let Some(user_id) = signed_in_user(&gateway.app, request.headers()) {
+    if let Some(user_id) = signed_in_user(&gateway.app, &request.headers) {
         checks.push(("user", limits::BucketKey::User(user_id), limits.user));
     }
     for (scope, key, bucket) in checks {
@@ -366,7 +488,15 @@ fn check_rate_limits(
             let state = &gateway.app;
             state.metrics.observe_rate_limited(scope);
             let masked = state.masker.mask(client);
-            tracing::warn!(target: "learntrac::security", client = masked, scope, path, retry_after, "rate limit exceeded");
+            tracing::warn!(
+                target: "learntrac::security",
+                client = masked,
+                scope,
+                path,
+                retry_after,
+                request_id = %current_request_id(),
+                "rate limit exceeded"
+            );
             return Err(ApiError::TooManyRequests { retry_after });
         }
     }
@@ -380,14 +510,12 @@ fn check_rate_limits(
 fn signed_in_user(state: &AppState, headers: &axum::http::HeaderMap) -> Option<i64> {
     let token =
         crate::auth::bearer_token(headers).or_else(|| crate::auth::cookie(headers, crate::auth::SESSION_COOKIE))?;
-    let claims = state.verified_tokens.validate(&state.keys, &state.config.public_url, token, state.now()).ok()?;
-    claims.sub.parse().ok()
+    state.verified_tokens.user_id(&state.keys, &state.config.public_url, token, state.now())
 }
 
-/// Content types an upload may declare: the upload form, and the raw
-/// file formats the library reads.
-const UPLOAD_TYPES: &[&str] = &[
-    "multipart/form-data",
+/// Content types a raw upload may declare: the file formats the library
+/// reads, or none in particular.
+const RAW_UPLOAD_TYPES: &[&str] = &[
     "application/pdf",
     "text/html",
     "application/xhtml+xml",
@@ -400,35 +528,40 @@ const UPLOAD_TYPES: &[&str] = &[
 /// File name endings the library reads.
 const UPLOAD_ENDINGS: &[&str] = &[".pdf", ".html", ".htm", ".xhtml", ".md", ".markdown"];
 
-/// Checks an upload's declared content type, its file name (for a raw
-/// upload) and its declared size. The body is then streamed to the role,
-/// and the size limit is enforced as it goes.
-fn upload_body(
-    gateway: &Gateway,
-    parts: &axum::http::request::Parts,
-    body: Body,
-) -> Result<upstream::ForwardBody, ApiError> {
+/// Checks an upload's declared content type, its file name and its
+/// declared size; the body is then streamed to the role with the size
+/// limit enforced as it goes. The JSON API takes the raw file (with
+/// `?name=`), and the pages take a `multipart/form-data` form.
+fn check_upload(gateway: &Gateway, parts: &axum::http::request::Parts) -> Result<(), ApiError> {
     let limit = gateway.app.config.max_upload_bytes;
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if !essence.is_empty() && !UPLOAD_TYPES.contains(&essence.as_str()) {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "an upload of type {content_type:?} is not accepted; send a PDF, HTML or Markdown file"
-        )));
-    }
-    let named = parts.uri.query().into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("name="));
-    if let Some(name) = named {
-        let name = waf::percent_decode(&name.replace('+', " ")).unwrap_or_default().to_ascii_lowercase();
-        if !UPLOAD_ENDINGS.iter().any(|ending| name.ends_with(ending)) {
+    if parts.uri.path().starts_with("/api/") {
+        if !essence.is_empty() && !RAW_UPLOAD_TYPES.contains(&essence.as_str()) {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "{name:?} is not a PDF, HTML or Markdown file name; name it .pdf, .html, .htm, .xhtml, .md or .markdown"
+                "an upload of type {content_type:?} is not accepted; send the PDF, HTML or Markdown file itself \
+                 as the request body, with ?name=FILE"
             )));
         }
+        let named =
+            parts.uri.query().into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("name="));
+        if let Some(name) = named {
+            let name = waf::percent_decode(&name.replace('+', " ")).unwrap_or_default().to_ascii_lowercase();
+            if !UPLOAD_ENDINGS.iter().any(|ending| name.ends_with(ending)) {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "{name:?} is not a PDF, HTML or Markdown file name; name it .pdf, .html, .htm, .xhtml, .md or .markdown"
+                )));
+            }
+        }
+    } else if essence != "multipart/form-data" {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the upload form must be sent as multipart/form-data, not {content_type:?}"
+        )));
     }
     if declared_length(parts).is_some_and(|length| length > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    Ok(upstream::ForwardBody::Streamed(Body::new(http_body_util::Limited::new(body, limit))))
+    Ok(())
 }
 
 fn declared_length(parts: &axum::http::request::Parts) -> Option<u64> {
@@ -436,15 +569,8 @@ fn declared_length(parts: &axum::http::request::Parts) -> Option<u64> {
 }
 
 /// Reads a whole request body within the size and time limits.
-async fn read_body(
-    settings: &GatewaySettings,
-    parts: &axum::http::request::Parts,
-    body: Body,
-) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(settings: &GatewaySettings, body: Body) -> Result<bytes::Bytes, ApiError> {
     let limit = settings.max_body_bytes;
-    if declared_length(parts).is_some_and(|length| length > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
     if axum::body::HttpBody::is_end_stream(&body) {
         return Ok(bytes::Bytes::new());
     }
@@ -489,6 +615,7 @@ fn inspect(gateway: &Gateway, parts: &axum::http::request::Parts, body: &[u8]) -
             location = %found.location,
             mode,
             path = parts.uri.path(),
+            request_id = %current_request_id(),
             "filtering rule matched"
         );
         blocked |= found.mode == settings::RuleMode::Block;
@@ -506,35 +633,35 @@ fn inspect(gateway: &Gateway, parts: &axum::http::request::Parts, body: &[u8]) -
 /// client's address and scheme, the host, and the request id. Headers the
 /// roles use to report back are removed.
 fn set_forwarded_headers(parts: &mut axum::http::request::Parts, client: std::net::IpAddr) {
+    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     let headers = &mut parts.headers;
-    for name in [
-        "forwarded",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-real-ip",
-        "x-request-id",
-        upstream::USER_HEADER,
-        upstream::ROUTE_HEADER,
-    ] {
+    // `insert` replaces every value a client sent under the same name.
+    for name in ["forwarded", "x-real-ip", upstream::USER_HEADER, upstream::ROUTE_HEADER] {
         headers.remove(name);
     }
     if let Ok(value) = HeaderValue::from_str(&client.to_string()) {
-        headers.insert("x-forwarded-for", value);
+        headers.insert(X_FORWARDED_FOR, value);
+    } else {
+        headers.remove(X_FORWARDED_FOR);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if !headers.contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()
         && let Ok(value) = HeaderValue::from_str(authority.as_str())
     {
         headers.insert(header::HOST, value);
     }
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert("x-forwarded-host", host);
-    }
-    if let Ok(value) = HeaderValue::from_str(&current_request_id()) {
-        headers.insert("x-request-id", value);
-    }
+    match headers.get(header::HOST).cloned() {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+    match HeaderValue::from_str(&current_request_id()) {
+        Ok(value) => headers.insert(X_REQUEST_ID, value),
+        Err(_) => headers.remove(X_REQUEST_ID),
+    };
 }
 
 /// Moves what a role in another process reported about the request (its
@@ -661,15 +788,19 @@ impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> fo
     }
 }
 
-/// Applies the header size and header time limits to a server.
+/// Applies the header time limit to a server, and a hard limit on the
+/// request head at four times `max_header_bytes`. Heads between the two
+/// limits reach the gateway, which answers 431 with its headers and a log
+/// line; larger ones get hyper's bare 431 and a closed connection.
 fn limit_http<A: axum_server::Address, Acc>(server: &mut axum_server::Server<A, Acc>, settings: &GatewaySettings) {
+    let hard_limit = settings.max_header_bytes.saturating_mul(4);
     let builder = server.http_builder();
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(settings.header_read_seconds))
-        .max_buf_size(settings.max_header_bytes.max(8192));
-    builder.http2().timer(hyper_util::rt::TokioTimer::new()).max_header_list_size(settings.max_header_bytes as u32);
+        .max_buf_size(hard_limit.max(8192));
+    builder.http2().timer(hyper_util::rt::TokioTimer::new()).max_header_list_size(hard_limit as u32);
 }
 
 /// Serves HTTPS and the HTTP redirect until `shutdown` completes.
@@ -712,6 +843,7 @@ pub async fn serve(
             let target = redirect_target(&public_url, request.uri());
             async move { Redirect::permanent(&target).into_response() }
         })
+        .layer(middleware::from_fn_with_state(gateway.clone(), redirect_layer))
         .with_state(gateway.clone());
     let mut http = axum_server::from_tcp(listeners.http)?.acceptor(acceptor).handle(handle.clone());
     limit_http(&mut http, &settings);

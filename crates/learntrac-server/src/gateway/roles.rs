@@ -82,13 +82,7 @@ async fn role_layer(role: &'static str, mut request: Request, next: Next) -> Res
     if let Some(ip) = client {
         request.extensions_mut().insert(axum::extract::ConnectInfo(SocketAddr::new(ip, 0)));
     }
-    let context = RequestContext {
-        id,
-        user_id: std::sync::atomic::AtomicI64::new(0),
-        role,
-        client,
-        route: std::sync::Mutex::new(None),
-    };
+    let context = RequestContext::new(id, role, client);
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     REQUEST
@@ -135,7 +129,12 @@ pub async fn serve(
     let server = axum_server::from_tcp_rustls(listener, tls)?
         .handle(handle.clone())
         .serve(app.into_make_service_with_connect_info::<SocketAddr>());
-    tracing::info!(role, address = %address, "role listening for the gateway (mutual TLS)");
+    tracing::info!(
+        role,
+        address = %address,
+        issuer = %state.config.public_url,
+        "role listening for the gateway (mutual TLS)"
+    );
     let shutdown_handle = handle.clone();
     tokio::spawn(async move {
         shutdown.await;

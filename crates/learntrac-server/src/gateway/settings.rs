@@ -280,6 +280,15 @@ impl GatewaySettings {
                 ));
             }
         }
+        for (name, paths) in [
+            ("admin_paths", &self.admin_paths),
+            ("upload_paths", &self.upload_paths),
+            ("rate_limits.auth_paths", &self.rate_limits.auth_paths),
+        ] {
+            if let Some(path) = paths.iter().find(|path| !path.starts_with('/')) {
+                return Err(format!("gateway.{name}: {path:?} must start with '/', such as \"/{path}\""));
+            }
+        }
         if !self.routes.iter().any(|route| route.prefix == "/") {
             return Err("gateway.routes needs a route for prefix \"/\", which serves every other path".into());
         }
@@ -288,14 +297,7 @@ impl GatewaySettings {
                 return Err(format!("gateway.upstreams.{name} is empty; list at least one https://HOST:PORT"));
             }
             for address in addresses {
-                let uri: axum::http::Uri = address.parse().map_err(|_| {
-                    format!("gateway.upstreams.{name}: {address:?} is not an address; write https://HOST:PORT")
-                })?;
-                if uri.scheme_str() != Some("https") || uri.authority().is_none() || uri.path() != "/" {
-                    return Err(format!(
-                        "gateway.upstreams.{name}: {address:?} must be https://HOST:PORT with no path, because the roles accept mutual TLS only"
-                    ));
-                }
+                check_upstream_address(name, address)?;
             }
         }
         let limits = &self.rate_limits;
@@ -318,7 +320,7 @@ impl GatewaySettings {
         Ok(())
     }
 
-    /// Whether `path` falls under `prefix`: equal to it, or below it.
+    /// Returns whether `path` falls under `prefix`: equal to it, or below it.
     pub fn under(path: &str, prefix: &str) -> bool {
         match path.strip_prefix(prefix) {
             Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
@@ -341,6 +343,34 @@ impl GatewaySettings {
     pub fn admin_allowed(&self, ip: IpAddr) -> bool {
         self.admin_networks.iter().any(|network| network.contains(ip))
     }
+}
+
+/// Checks one upstream address: `https://HOST:PORT`, nothing more,
+/// because the roles accept mutual TLS only.
+fn check_upstream_address(upstream: &str, address: &str) -> Result<(), String> {
+    let problem = |what: &str| {
+        format!(
+            "gateway.upstreams.{upstream}: {address:?} {what}; write https://HOST:PORT, such as https://10.0.0.11:9001"
+        )
+    };
+    let uri: axum::http::Uri = address.parse().map_err(|_| problem("is not an address"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(problem("must use https, because the roles accept mutual TLS only"));
+    }
+    let Some(authority) = uri.authority() else { return Err(problem("has no host")) };
+    if authority.as_str().contains('@') {
+        return Err(problem("must not contain a user name"));
+    }
+    let port_text = authority.as_str().rsplit_once(':').map(|(_, port)| port).filter(|p| !p.ends_with(']'));
+    match port_text.map(str::parse::<u16>) {
+        Some(Ok(port)) if port > 0 => {}
+        Some(_) => return Err(problem("has an invalid port; use 1 to 65535")),
+        None => return Err(problem("needs a port")),
+    }
+    if uri.path() != "/" || uri.query().is_some() {
+        return Err(problem("must have no path or query"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -378,8 +408,26 @@ mod tests {
         let mut settings = GatewaySettings::default();
         settings.routes.push(RouteSetting { prefix: "/x".into(), upstream: "nowhere".into() });
         assert!(settings.validate().expect_err("unknown upstream").contains("nowhere"));
-        let mut settings = GatewaySettings::default();
-        settings.upstreams.insert("api".into(), vec!["http://127.0.0.1:9000".into()]);
-        assert!(settings.validate().expect_err("plain http").contains("mutual TLS"));
+        for (address, problem) in [
+            ("http://127.0.0.1:9000", "mutual TLS"),
+            ("https://127.0.0.1:99999", "invalid port"),
+            ("https://127.0.0.1:0", "invalid port"),
+            ("https://127.0.0.1", "needs a port"),
+            ("https://user@127.0.0.1:9000", "user name"),
+            ("https://127.0.0.1:9000?x=1", "no path or query"),
+            ("https://127.0.0.1:9000/api", "no path or query"),
+        ] {
+            let mut settings = GatewaySettings::default();
+            settings.upstreams.insert("api".into(), vec![address.into()]);
+            let error = settings.validate().expect_err(address);
+            assert!(error.contains(problem), "{address}: {error}");
+        }
+        for address in ["https://127.0.0.1:9000", "https://api.internal:9000/", "https://[::1]:9000"] {
+            let mut settings = GatewaySettings::default();
+            settings.upstreams.insert("api".into(), vec![address.into()]);
+            assert_eq!(settings.validate(), Ok(()), "{address}");
+        }
+        let settings = GatewaySettings { admin_paths: vec!["admin".into()], ..GatewaySettings::default() };
+        assert!(settings.validate().expect_err("relative path").contains("must start with '/'"));
     }
 }

@@ -48,13 +48,19 @@ impl Instance {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    fn set_healthy(&self, healthy: bool, upstream: &str) {
+    /// Records the instance's health; `reason` says why it failed.
+    fn set_healthy(&self, healthy: bool, upstream: &str, reason: &str) {
         let was = self.healthy.swap(healthy, Ordering::Relaxed);
         if was != healthy {
             if healthy {
                 tracing::info!(upstream, instance = %self.base, "upstream instance is healthy again");
             } else {
-                tracing::warn!(upstream, instance = %self.base, "upstream instance is unhealthy; requests go to the others");
+                tracing::warn!(
+                    upstream,
+                    instance = %self.base,
+                    reason,
+                    "upstream instance is unhealthy; requests go to the other healthy instances, if any"
+                );
             }
         }
     }
@@ -224,17 +230,29 @@ async fn forward_remote(
             }
             Err(error) if error.is_timeout() => {
                 metrics.observe_upstream(name, &instance.base, "timeout");
-                tracing::warn!(upstream = name, instance = %instance.base, error = %error, "upstream instance timed out");
+                tracing::warn!(
+                    upstream = name,
+                    instance = %instance.base,
+                    request_id = %super::current_request_id(),
+                    "upstream instance timed out"
+                );
                 return Err(ForwardError::Timeout);
             }
             Err(error) => {
                 metrics.observe_upstream(name, &instance.base, "failed");
+                let cause = crate::egress::error_chain(&error);
                 let not_sent = error.is_connect();
                 if not_sent {
-                    instance.set_healthy(false, name);
+                    instance.set_healthy(false, name, &cause);
                 }
-                tracing::warn!(upstream = name, instance = %instance.base, error = format!("{error:#}"), "upstream request failed");
-                last_error = Some(format!("{error}"));
+                tracing::warn!(
+                    upstream = name,
+                    instance = %instance.base,
+                    request_id = %super::current_request_id(),
+                    error = cause,
+                    "upstream request failed"
+                );
+                last_error = Some(cause);
                 // A request the instance may have started on is sent again
                 // only when repeating it is harmless.
                 if !replayable || !(not_sent || idempotent) {
@@ -286,8 +304,13 @@ pub async fn check_health(table: Arc<RoutingTable>, client: reqwest::Client, int
             for instance in &pool.instances {
                 let probe =
                     client.get(format!("{}/healthz", instance.base)).timeout(interval.min(Duration::from_secs(5)));
-                let healthy = matches!(probe.send().await, Ok(response) if response.status() == StatusCode::OK);
-                instance.set_healthy(healthy, name);
+                match probe.send().await {
+                    Ok(response) if response.status() == StatusCode::OK => instance.set_healthy(true, name, ""),
+                    Ok(response) => {
+                        instance.set_healthy(false, name, &format!("/healthz returned {}", response.status()))
+                    }
+                    Err(error) => instance.set_healthy(false, name, &crate::egress::error_chain(&error)),
+                }
             }
         }
     }

@@ -43,20 +43,26 @@ const RULES: &[Rule] = &[
         id: "sqli-tautology",
         scope: Scope::Injection,
         default_mode: None,
-        pattern: r#"(?i)(['"`)]\s*\b(or|and|xor)\b\s*[('"`]?\s*[\w'"`]+\s*(=|<|>|\blike\b|\bis\b)|\bor\s+\d+\s*=\s*\d+)"#,
+        pattern: r#"(?i)(['"`)]\s*\b(or|and|xor)\b\s*[('"`]?\s*[\w'"`]+\s*(=|<|>|\blike\b|\bis\b)|\bor\s+\d+\s*=\s*\d+|['"`)]\s*(or|and)\s+(not\s+)?(true|false|null)\b|\b(or|and)\s+\d+\s+between\b)"#,
     },
     Rule { id: "sqli-comment", scope: Scope::Injection, default_mode: None, pattern: r#"['"`]\s*(--|#|/\*|;)"# },
     Rule {
         id: "sqli-stacked",
         scope: Scope::Injection,
         default_mode: None,
-        pattern: r"(?i);\s*(drop|delete|truncate|alter|insert|update|create|exec|execute|shutdown|declare)\s",
+        pattern: r"(?i);(\s|/\*.*?\*/)*(drop|delete|truncate|alter|insert|update|create|exec|execute|shutdown|declare|select|attach|pragma)(\s|/\*|\(|$)",
+    },
+    Rule {
+        id: "sqli-subquery",
+        scope: Scope::Injection,
+        default_mode: None,
+        pattern: r"(?i)\(\s*select\b|\|\|\s*\(?\s*select\b",
     },
     Rule {
         id: "sqli-function",
         scope: Scope::Injection,
         default_mode: None,
-        pattern: r"(?i)\b(sleep|pg_sleep|benchmark|waitfor\s+delay|dbms_pipe\.receive_message|extractvalue|updatexml|load_file)\s*\(|\b(information_schema|pg_catalog|sqlite_master|xp_cmdshell)\b",
+        pattern: r"(?i)\b(sleep|pg_sleep|benchmark|waitfor\s+delay|dbms_pipe\.receive_message|extractvalue|updatexml|load_file|load_extension|randomblob|zeroblob|sqlite_version|version)\s*\(|\b(information_schema|pg_catalog|sqlite_master|sqlite_schema|sqlite_temp_master|xp_cmdshell)\b",
     },
     Rule { id: "xss-script", scope: Scope::Injection, default_mode: None, pattern: r"(?i)<\s*/?\s*script\b" },
     Rule { id: "xss-handler", scope: Scope::Injection, default_mode: None, pattern: r"(?i)<[^>]*\bon[a-z]+\s*=" },
@@ -64,7 +70,7 @@ const RULES: &[Rule] = &[
         id: "xss-url",
         scope: Scope::Injection,
         default_mode: None,
-        pattern: r"(?i)\b(javascript|vbscript|livescript)\s*:|\bdata\s*:\s*text/html",
+        pattern: r"(?i)j\s*a\s*v\s*a\s*s\s*c\s*r\s*i\s*p\s*t\s*:|v\s*b\s*s\s*c\s*r\s*i\s*p\s*t\s*:|\blivescript\s*:|\bdata\s*:\s*text/html",
     },
     Rule {
         id: "xss-tag",
@@ -82,7 +88,7 @@ const RULES: &[Rule] = &[
         id: "command",
         scope: Scope::Injection,
         default_mode: None,
-        pattern: r"(?i)(;|&&|\|\|?|`|\$\(|\n)\s*(cat|ls|id|whoami|uname|wget|curl|nc|ncat|netcat|bash|sh|zsh|rm|ping|nslookup|python[0-9.]*|perl|ruby|php|chmod|chown|echo|sleep|env|kill)\b",
+        pattern: r"(?i)(;|&&|\|\|?|`|\$\(|\n)\s*(cat|ls|id|whoami|uname|wget|curl|nc|ncat|netcat|busybox|bash|sh|zsh|dash|rm|ping|nslookup|python[0-9.]*|perl|ruby|php|chmod|chown|echo|sleep|env|kill|telnet|socat)\b|\$\{?IFS\b",
     },
     Rule {
         id: "scanner",
@@ -110,6 +116,7 @@ pub const RULE_IDS: &[&str] = &[
     "sqli-tautology",
     "sqli-comment",
     "sqli-stacked",
+    "sqli-subquery",
     "sqli-function",
     "xss-script",
     "xss-handler",
@@ -205,57 +212,63 @@ impl Waf {
         }
         if let Some(query) = query {
             for (name, value) in form_pairs(query.as_bytes()) {
+                self.check_decoded(Location { kind: "query-key", name: &name }, &name, &mut matches);
                 self.check_field("query", &name, &value, &mut matches);
             }
         }
         for name in INSPECTED_HEADERS {
             for value in headers.get_all(*name) {
                 let value = String::from_utf8_lossy(value.as_bytes());
-                let location = format!("header:{name}");
-                let scope = if *name == "user-agent" { Scope::UserAgent } else { Scope::Injection };
-                self.check(scope, &location, &value, &mut matches);
+                let at = Location { kind: "header", name };
                 if *name == "user-agent" {
-                    self.check(Scope::Injection, &location, &value, &mut matches);
+                    self.check(Scope::UserAgent, at, &value, &mut matches);
+                    self.check(Scope::Injection, at, &value, &mut matches);
                 } else {
-                    self.check_decoded(&location, &value, &mut matches);
+                    self.check_decoded(at, &value, &mut matches);
                 }
             }
         }
         for value in headers.get_all(axum::http::header::COOKIE) {
             for pair in String::from_utf8_lossy(value.as_bytes()).split(';') {
-                if let Some((name, value)) = pair.split_once('=') {
-                    self.check_decoded(&format!("cookie:{}", name.trim()), value, &mut matches);
+                match pair.split_once('=') {
+                    Some((name, value)) => {
+                        self.check_decoded(Location { kind: "cookie-key", name: name.trim() }, name, &mut matches);
+                        self.check_decoded(Location { kind: "cookie", name: name.trim() }, value, &mut matches);
+                    }
+                    None => self.check_decoded(Location { kind: "cookie", name: "" }, pair, &mut matches),
                 }
             }
         }
+        let whole_body = Location { kind: "body", name: "" };
         match body {
             BodyKind::None => {}
             BodyKind::Form(bytes) => {
                 for (name, value) in form_pairs(bytes) {
+                    self.check_decoded(Location { kind: "form-key", name: &name }, &name, &mut matches);
                     self.check_field("form", &name, &value, &mut matches);
                 }
             }
             BodyKind::Json(bytes) => match serde_json::from_slice::<serde_json::Value>(bytes) {
-                Ok(value) => self.check_json("json", None, &value, &mut matches),
-                Err(_) => self.check_decoded("body", &String::from_utf8_lossy(bytes), &mut matches),
+                Ok(value) => self.check_json(None, &value, &mut matches),
+                Err(_) => self.check_decoded(whole_body, &String::from_utf8_lossy(bytes), &mut matches),
             },
-            BodyKind::Other(bytes) => self.check_decoded("body", &String::from_utf8_lossy(bytes), &mut matches),
+            BodyKind::Other(bytes) => self.check_decoded(whole_body, &String::from_utf8_lossy(bytes), &mut matches),
         }
         matches
     }
 
-    fn check_json(&self, kind: &str, key: Option<&str>, value: &serde_json::Value, matches: &mut Vec<Match>) {
+    fn check_json(&self, key: Option<&str>, value: &serde_json::Value, matches: &mut Vec<Match>) {
         match value {
-            serde_json::Value::String(text) => self.check_field(kind, key.unwrap_or(""), text, matches),
+            serde_json::Value::String(text) => self.check_field("json", key.unwrap_or(""), text, matches),
             serde_json::Value::Array(items) => {
                 for item in items {
-                    self.check_json(kind, key, item, matches);
+                    self.check_json(key, item, matches);
                 }
             }
             serde_json::Value::Object(fields) => {
                 for (name, item) in fields {
-                    self.check_decoded(&format!("{kind}-key:{name}"), name, matches);
-                    self.check_json(kind, Some(name), item, matches);
+                    self.check_decoded(Location { kind: "json-key", name }, name, matches);
+                    self.check_json(Some(name), item, matches);
                 }
             }
             _ => {}
@@ -264,34 +277,40 @@ impl Waf {
 
     /// Checks one named field with the rules its name calls for.
     fn check_field(&self, kind: &str, name: &str, value: &str, matches: &mut Vec<Match>) {
-        let location = format!("{kind}:{name}");
         if self.secret.contains(name) {
             return;
         }
+        let at = Location { kind, name };
         if self.free_text.contains(name) {
-            self.check(Scope::FreeText, &location, value, matches);
+            self.check(Scope::FreeText, at, value, matches);
             return;
         }
-        self.check_decoded(&location, value, matches);
+        self.check_decoded(at, value, matches);
     }
 
     /// Checks a value with the injection rules, and again after each round
     /// of percent-decoding, so that doubly encoded attacks are seen too.
-    fn check_decoded(&self, location: &str, value: &str, matches: &mut Vec<Match>) {
+    fn check_decoded(&self, at: Location<'_>, value: &str, matches: &mut Vec<Match>) {
         if is_plain_token(value) {
             return;
         }
-        let mut current = value.to_string();
+        self.check(Scope::Injection, at, value, matches);
+        let mut current = std::borrow::Cow::Borrowed(value);
         for _ in 0..3 {
-            self.check(Scope::Injection, location, &current, matches);
+            if !current.contains('%') {
+                break;
+            }
             match percent_decode(&current) {
-                Some(decoded) if decoded != current => current = decoded,
+                Some(decoded) if decoded != current => {
+                    self.check(Scope::Injection, at, &decoded, matches);
+                    current = std::borrow::Cow::Owned(decoded);
+                }
                 _ => break,
             }
         }
     }
 
-    fn check(&self, scope: Scope, location: &str, value: &str, matches: &mut Vec<Match>) {
+    fn check(&self, scope: Scope, at: Location<'_>, value: &str, matches: &mut Vec<Match>) {
         let rules = match scope {
             Scope::Injection => &self.injection,
             Scope::UserAgent => &self.user_agent,
@@ -299,19 +318,45 @@ impl Waf {
         };
         for index in rules.set.matches(value).iter() {
             let rule = &rules.rules[index];
+            let location = at.to_string();
             if !matches.iter().any(|m| m.rule == rule.id && m.location == location) {
-                matches.push(Match { rule: rule.id, location: location.to_string(), mode: rule.mode });
+                matches.push(Match { rule: rule.id, location, mode: rule.mode });
             }
         }
     }
 }
 
+/// Where a value was found, such as `query` and `q`; formatted only for a match.
+#[derive(Clone, Copy)]
+struct Location<'a> {
+    kind: &'a str,
+    name: &'a str,
+}
+
+impl std::fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.name.is_empty() && self.kind == "body" {
+            f.write_str(self.kind)
+        } else {
+            write!(f, "{}:{}", self.kind, self.name)
+        }
+    }
+}
+
+/// Schema names that `sqli-function` matches as whole words.
+const SCHEMA_NAMES: &[&str] =
+    &["information_schema", "pg_catalog", "sqlite_master", "sqlite_schema", "sqlite_temp_master", "xp_cmdshell"];
+
 /// Returns whether `value` is made only of letters, digits, `-`, `_` and
-/// single dots, as ids, numbers and tokens (session cookies) are. No
-/// injection pattern can match such a value, except a bare schema name
-/// such as `information_schema`, which is harmless on its own.
+/// single dots, as ids, numbers and tokens (session cookies) are, and holds
+/// no schema name as a word. No injection pattern can match such a value,
+/// so it is skipped.
 fn is_plain_token(value: &str) -> bool {
-    value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) && !value.contains("..")
+    value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !value.contains("..")
+        && !value.split(['.', '-']).any(|word| {
+            SCHEMA_NAMES.iter().any(|name| word.len() >= name.len() && word[..name.len()].eq_ignore_ascii_case(name))
+        })
 }
 
 /// Splits `a=1&b=2` into decoded pairs (`+` is a space).
@@ -333,9 +378,6 @@ fn form_pairs(bytes: &[u8]) -> Vec<(String, String)> {
 /// Decodes `%XX` escapes; `None` when an escape is malformed. Bytes that
 /// are not UTF-8 are replaced.
 pub fn percent_decode(text: &str) -> Option<String> {
-    if !text.contains('%') {
-        return Some(text.to_string());
-    }
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -388,6 +430,20 @@ mod tests {
             ("file=%252e%252e%252fetc%252fpasswd", "traversal"),
             ("host=127.0.0.1;cat%20/etc/hosts", "command"),
             ("host=x%60whoami%60", "command"),
+            ("x=%27%20or%20not%20false%20--", "sqli-tautology"),
+            ("x=%27%20or%20true--%20", "sqli-tautology"),
+            ("x=1%20or%201%20between%200%20and%202", "sqli-tautology"),
+            ("x=%27%7C%7C(select%20sqlite_version())%7C%7C%27", "sqli-subquery"),
+            ("x=1%20and%20(select%20count(*)%20from%20sqlite_schema)%3E0", "sqli-subquery"),
+            ("x=1%20and%201=randomblob(500000000)", "sqli-function"),
+            ("x=1;SELECT%20load_extension(%27x%27)", "sqli-stacked"),
+            ("x=1;/**/DROP/**/TABLE%20users", "sqli-stacked"),
+            ("x=information_schema.tables", "sqli-function"),
+            ("x=java%09script:alert(1)", "xss-url"),
+            ("x=a;busybox%20nc", "command"),
+            ("x=${IFS}cat", "command"),
+            ("%3Cscript%3E=1", "xss-script"),
+            ("1%20UNION%20SELECT%201", "sqli-union"),
         ] {
             assert!(query_rules(query).contains(&rule), "{query} should match {rule}: {:?}", query_rules(query));
         }
@@ -462,6 +518,9 @@ mod tests {
         assert!(!is_plain_token(".."));
         assert!(!is_plain_token("a..b"));
         assert!(!is_plain_token("a b"));
+        assert!(!is_plain_token("information_schema.tables"));
+        assert!(!is_plain_token("x-SQLITE_MASTER"));
+        assert!(is_plain_token("my_information_schema_notes"));
         assert!(query_rules("file=..").contains(&"traversal"));
     }
 

@@ -48,6 +48,7 @@ async fn plain_http_redirects_everything_but_the_health_check() {
     let http = format!("http://127.0.0.1:{}", server.http_port);
     let response = server.client.get(format!("{http}/wiki/WikiStart?version=2&x=%C3%A9")).send().await.expect("GET");
     assert_eq!(response.status(), 308);
+    assert!(response.headers().contains_key("x-request-id"), "the redirect names its request id");
     assert_eq!(response.headers()["location"], format!("{}/wiki/WikiStart?version=2&x=%C3%A9", server.base));
     let response = server.client.post(format!("{http}/oauth2/token")).send().await.expect("POST");
     assert_eq!(response.status(), 308, "a post is redirected too, never served");
@@ -60,20 +61,28 @@ async fn plain_http_redirects_everything_but_the_health_check() {
     assert_security_headers(&health, "the health check");
 }
 
-/// Sends a raw path with curl, which keeps `..` segments as written.
-fn raw_status(server: &Server, path: &str) -> (String, String) {
+/// Sends a request with curl and returns the status and body; `options`
+/// come before the URL and `data` after it.
+fn curl(server: &Server, options: &[&str], data: &[&str], path: &str) -> (String, String) {
     let url = format!("{}{path}", server.base);
     let resolve = format!("localhost:{}:127.0.0.1", server.https_port);
     let ca = server.data_dir.join("tls/ca.pem");
     let output = Command::new("curl")
-        .args(["-s", "--path-as-is", "--resolve", &resolve, "--cacert"])
+        .args(["-s", "--resolve", &resolve, "--cacert"])
         .arg(&ca)
+        .args(options)
         .args(["-w", "\n%{http_code}", &url])
+        .args(data)
         .output()
         .expect("curl (apt-get install curl)");
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     let (body, status) = text.rsplit_once('\n').unwrap_or(("", ""));
     (status.to_string(), body.to_string())
+}
+
+/// Sends a raw path with curl, which keeps `..` segments as written.
+fn raw_status(server: &Server, path: &str) -> (String, String) {
+    curl(server, &["--path-as-is"], &[], path)
 }
 
 #[tokio::test]
@@ -114,12 +123,33 @@ async fn header_body_and_upload_limits() {
     let response =
         server.client.get(server.url("/wiki/WikiStart")).header("x-filler", &big_header).send().await.expect("GET");
     assert_eq!(response.status(), 431, "headers over max_header_bytes");
+    assert_security_headers(&response, "a 431");
+    let huge_header = "x".repeat(80 * 1024);
+    // Far beyond the limit, hyper answers a bare 431 or closes the connection.
+    let response = server.client.get(server.url("/wiki/WikiStart")).header("x-filler", &huge_header).send().await;
+    if let Ok(response) = response {
+        assert_eq!(response.status(), 431);
+    }
+    let response = server.client.get(server.url("/health")).send().await.expect("health");
+    assert_eq!(response.status(), 200, "the server goes on");
 
     let big_json = json!({"query": "a ".repeat(40_000)});
     let (status, body) = server.post_json(&teacher, "/api/v1/search", &big_json).await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"], "payload_too_large");
     assert!(body["request_id"].is_string());
+    // Over HTTP/2 the early answer arrives whole, although the body is unread.
+    let big_file = server.data_dir.join("big.json");
+    std::fs::write(&big_file, serde_json::to_vec(&big_json).expect("json")).expect("write");
+    for _ in 0..5 {
+        let (status, body) = curl(
+            &server,
+            &["--http2", "-H", &format!("authorization: Bearer {teacher}"), "-H", "content-type: application/json"],
+            &["--data-binary", &format!("@{}", big_file.display())],
+            "/api/v1/search",
+        );
+        assert_eq!(status, "413", "HTTP/2: {body}");
+    }
 
     // An upload route takes far more than max_body_bytes ...
     let mut book = String::from("# Big book\n\n## Means\n\n");
@@ -152,6 +182,17 @@ async fn header_body_and_upload_limits() {
         .await
         .expect("upload");
     assert_eq!(response.status(), 415);
+    // The API takes the file itself; a form belongs to the library page.
+    let response = server
+        .client
+        .post(&url)
+        .bearer_auth(&teacher)
+        .header("content-type", "multipart/form-data; boundary=x")
+        .body("--x\r\n\r\n# A\r\n--x--\r\n")
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), 415, "multipart to the API");
     // Uploads are checked by type and size, not by the filtering rules.
     let sql_book = "# SQL\n\n## Joins\n\nSELECT name FROM users WHERE id = 1 UNION SELECT 2; -- a comment\n";
     let response = server
@@ -256,6 +297,7 @@ async fn filtering_rules_spare_learner_text() {
         ("sqli-tautology", "x' OR '1'='1", "The condition WHERE id = 1 OR 1=1 is always true."),
         ("sqli-comment", "admin'--", "In SQL, text after -- is a comment, as in 'x' -- note."),
         ("sqli-stacked", "1; DROP TABLE users", "A statement like 1; DROP TABLE users is a stacked query."),
+        ("sqli-subquery", "1 AND (SELECT 1)=1", "A subquery such as (SELECT max(x) FROM t) nests a query."),
         ("sqli-function", "1 AND SLEEP(5)", "MySQL's SLEEP(5) pauses; information_schema lists tables."),
         ("xss-script", "<script>alert(1)</script>", "A <script>alert(1)</script> tag runs JavaScript."),
         ("xss-handler", "<img src=x onerror=alert(1)>", "An <img onerror=...> attribute runs on failure."),
@@ -413,10 +455,10 @@ async fn administration_only_from_allowed_ranges() {
     assert!(page.text().await.expect("html").contains("not allowed from this address"));
     let output = server.cli(&["audit", "list"], "");
     let audit = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        audit.lines().any(|l| l.contains("admin.access") && l.contains("/api/v1/admin/users") && l.contains("denied")),
-        "{audit}"
-    );
+    let denied = audit.lines().find(|l| l.contains("admin.access") && l.contains("/api/v1/admin/users"));
+    let denied = denied.unwrap_or_else(|| panic!("no admin.access record: {audit}"));
+    assert!(denied.contains("denied"), "{denied}");
+    assert!(denied.contains("user:1"), "the record names the signed-in admin: {denied}");
     assert!(
         audit.lines().any(|l| l.contains("admin.access") && l.contains("/admin") && l.contains("127.0.0.1")),
         "{audit}"
@@ -548,10 +590,19 @@ async fn roles_in_separate_processes_behind_one_gateway() {
          [gateway.rate_limits]\naddress = {{ per_second = 100000.0, burst = 100000 }}\n\
          user = {{ per_second = 100000.0, burst = 100000 }}\n"
     ));
-    let mut api1 = server.spawn_role("api", api1_port);
-    let api2 = server.spawn_role("api", api2_port);
-    let _trac = server.spawn_role("trac", trac_port);
-    let idp = server.spawn_role("idp", idp_port);
+    // All four start at once on a data directory without a signing key,
+    // so they must agree on the one key that the first of them stores.
+    let (mut api1, api2, _trac, idp) = std::thread::scope(|scope| {
+        let api1 = scope.spawn(|| server.spawn_role("api", api1_port));
+        let api2 = scope.spawn(|| server.spawn_role("api", api2_port));
+        let trac = scope.spawn(|| server.spawn_role("trac", trac_port));
+        let idp = scope.spawn(|| server.spawn_role("idp", idp_port));
+        let join = |handle: std::thread::ScopedJoinHandle<'_, _>| handle.join().expect("start a role");
+        (join(api1), join(api2), join(trac), join(idp))
+    });
+    let output = server.cli(&["audit", "list", "--action", "secret.generate"], "");
+    let generated = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(generated.matches("secret:token-signing-key").count(), 1, "{generated}");
 
     // A role alone refuses clients without the gateway's certificate.
     let health = format!("https://127.0.0.1:{api1_port}/healthz");
