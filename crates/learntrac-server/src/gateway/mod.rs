@@ -342,16 +342,51 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Respons
         Err(error) => {
             let response = error_response(&path, error);
             match body {
-                Some(unread) => drop_after_response(response, unread),
+                Some(unread) => match drain(unread).await {
+                    Some(rest) => drop_after_response(response, rest),
+                    None => response,
+                },
                 None => response,
             }
         }
     }
 }
 
+/// Most bytes of a rejected request's body that the gateway reads and
+/// discards, and the time it spends on them.
+const DRAIN_BYTES: usize = 8 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and discards a rejected request's body, so that the client, which
+/// may still be sending it, receives the error response. Returns the body
+/// when it is longer than [`DRAIN_BYTES`] or slower than [`DRAIN_TIME`].
+async fn drain(mut body: Body) -> Option<Body> {
+    use http_body_util::BodyExt;
+    let mut read = 0usize;
+    let reading = async {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    read += frame.data_ref().map_or(0, |data| data.len());
+                    if read > DRAIN_BYTES {
+                        return false;
+                    }
+                }
+                Err(_) => return true,
+            }
+        }
+        true
+    };
+    match tokio::time::timeout(DRAIN_TIME, reading).await {
+        Ok(true) => None,
+        _ => Some(body),
+    }
+}
+
 /// Keeps an unread request body until the error response has been sent.
 /// Over HTTP/2, dropping it first would reset the stream (CANCEL) and the
-/// client would lose the response; dropped after, the reset says NO_ERROR.
+/// client would lose the response; dropped after, the reset says NO_ERROR,
+/// which most clients accept.
 fn drop_after_response(response: Response, request_body: Body) -> Response {
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, Body::new(AfterResponse { response: body, _request: request_body }))
