@@ -720,6 +720,9 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("strict-transport-security", "max-age=31536000; includeSubDomains"),
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
+    // Turns off the old XSS auditors of some browsers, which could be used
+    // to blank parts of a page; the Content-Security-Policy does the work.
+    ("x-xss-protection", "0"),
     // "no-referrer" would make browsers send `Origin: null` on same-site form
     // posts, which the cross-site check must then reject.
     ("referrer-policy", "same-origin"),

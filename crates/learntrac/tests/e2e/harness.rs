@@ -25,6 +25,7 @@ pub const SECURITY_HEADERS: &[&str] = &[
     "content-security-policy",
     "x-content-type-options",
     "x-frame-options",
+    "x-xss-protection",
     "referrer-policy",
     "permissions-policy",
     "x-request-id",
