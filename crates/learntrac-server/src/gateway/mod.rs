@@ -197,13 +197,13 @@ fn log_role(name: &str) -> &'static str {
     settings::ROLES.iter().find(|role| **role == name).copied().unwrap_or("gateway")
 }
 
-/// Assigns the request id, refuses malformed paths, logs the request, adds
+/// Assigns the request id, rejects malformed paths, logs the request, adds
 /// security headers and feeds the metrics and the alert rules.
 async fn gateway_layer(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
     observe(&gateway, request, next, true).await
 }
 
-/// The same for the plain HTTP listener, whose requests never reach a role.
+/// Does the same for the plain HTTP listener, whose requests never reach a role.
 async fn redirect_layer(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
     observe(&gateway, request, next, false).await
 }
