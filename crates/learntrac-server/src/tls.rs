@@ -93,15 +93,36 @@ impl CertificateFiles {
 /// Reads a PEM certificate chain and its private key.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let chain = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("cannot read TLS certificate {}", cert.display()))?
+        .map_err(|error| anyhow::anyhow!("cannot read TLS certificate {}: {}", cert.display(), pem_problem(&error)))?
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("invalid PEM in TLS certificate {}", cert.display()))?;
+        .map_err(|error| {
+            anyhow::anyhow!("invalid PEM in TLS certificate {}: {}", cert.display(), pem_problem(&error))
+        })?;
     if chain.is_empty() {
         bail!("TLS certificate {} contains no certificate", cert.display());
     }
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("cannot read TLS private key {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|error| anyhow::anyhow!("cannot read TLS private key {}: {}", key.display(), pem_problem(&error)))?;
     Ok((chain, key))
+}
+
+/// Describes a PEM error in words; the library's own message shows the
+/// missing marker as a list of byte values.
+pub(crate) fn pem_problem(error: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match error {
+        Error::MissingSectionEnd { end_marker } => {
+            format!(
+                "the line \"-----END {}-----\" is missing; the file is cut short",
+                String::from_utf8_lossy(end_marker)
+            )
+        }
+        Error::IllegalSectionStart { line } => {
+            format!("the line {:?} does not start a PEM section", String::from_utf8_lossy(line))
+        }
+        Error::NoItemsFound => "the file contains no PEM item of the expected kind".to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// Reloads the served certificate when its files change (checked every
@@ -232,7 +253,8 @@ mod tests {
         let files = CertificateFiles::resolve(&dir, None, None, &["learn.example".to_string()]).expect("generate");
         let leaf = crate::production::read_leaf(&files.cert).expect("leaf");
         let now = crate::unix_now();
-        assert!(leaf.not_before <= now && leaf.not_before > now - 3 * 86_400, "{leaf:?}");
+        assert!(leaf.not_before <= now, "{leaf:?}");
+        assert!(leaf.not_before > now - 3 * 86_400, "{leaf:?}");
         let days = (leaf.not_after - now) / 86_400;
         assert!((GENERATED_DAYS - 1..=GENERATED_DAYS).contains(&days), "{days}");
         assert!(leaf.covers("learn.example"));

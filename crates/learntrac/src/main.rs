@@ -266,6 +266,22 @@ async fn run(cli: Cli) -> Result<()> {
 async fn serve(args: ServeArgs, internal: Option<InternalTlsArgs>) -> Result<()> {
     let mut config = settings::resolve(&args.data)?;
     settings::apply_serve_args(&mut config, &args)?;
+    // Every role without upstream addresses runs here, unless this is
+    // `learntrac gateway`, which runs none; check the routes before
+    // anything is created.
+    let pki_dir = learntrac_server::pki::default_dir(&config.data_dir);
+    let (local_roles, internal) = match &internal {
+        Some(args) => (Vec::new(), Some(args.resolve(&config.data_dir, learntrac_server::pki::GATEWAY))),
+        None => {
+            let local: Vec<&str> = learntrac_server::gateway::settings::ROLES
+                .iter()
+                .copied()
+                .filter(|role| !config.gateway.upstreams.contains_key(*role))
+                .collect();
+            (local, Some(InternalTls::in_dir(&pki_dir, learntrac_server::pki::GATEWAY)))
+        }
+    };
+    config.gateway.check_served(&local_roles).map_err(anyhow::Error::msg)?;
     learntrac_server::ensure_data_dir(&config.data_dir)?;
     learntrac_server::logs::init_with_files(&config.logs)?;
     let listeners = gateway::Listeners::bind(config.https_listen, config.http_listen)?;
@@ -300,18 +316,6 @@ async fn serve(args: ServeArgs, internal: Option<InternalTlsArgs>) -> Result<()>
             }
         });
     }
-    let pki_dir = learntrac_server::pki::default_dir(&state.config.data_dir);
-    let (local_roles, internal) = match &internal {
-        Some(args) => (Vec::new(), Some(args.resolve(&state.config.data_dir, learntrac_server::pki::GATEWAY))),
-        None => {
-            let local: Vec<&str> = learntrac_server::gateway::settings::ROLES
-                .iter()
-                .copied()
-                .filter(|role| !state.config.gateway.upstreams.contains_key(*role))
-                .collect();
-            (local, Some(InternalTls::in_dir(&pki_dir, learntrac_server::pki::GATEWAY)))
-        }
-    };
     let gateway = gateway::Gateway::new(state, &local_roles, internal.as_ref())?;
     gateway::serve(gateway, listeners, shutdown_signal()).await
 }

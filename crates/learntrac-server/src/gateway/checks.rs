@@ -46,8 +46,8 @@ pub(super) async fn drain(mut body: Body) -> Option<Body> {
 
 /// Keeps an unread request body until the error response has been sent.
 /// Over HTTP/2, dropping it first would reset the stream (CANCEL) and the
-/// client would lose the response; dropped after, the reset says NO_ERROR,
-/// which most clients accept.
+/// client would lose the response. Dropped after it, the reset carries
+/// NO_ERROR, which most clients accept.
 pub(super) fn drop_after_response(response: Response, request_body: Body) -> Response {
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, Body::new(AfterResponse { response: body, _request: request_body }))
@@ -122,7 +122,7 @@ pub(super) async fn checked_forward(
         if declared_length(&parts).is_some_and(|length| length > limit as u64) {
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        let bytes = read_body(settings, unread.take().unwrap_or_default()).await?;
+        let bytes = read_body(settings, unread).await?;
         inspect(gateway, &parts, &bytes)?;
         upstream::ForwardBody::Buffered(bytes)
     };
@@ -130,7 +130,11 @@ pub(super) async fn checked_forward(
     let Some(route) = gateway.table.lookup(&path) else {
         return Err(ApiError::NotFound("page".into()));
     };
-    enter_role(log_role(&route.name));
+    // The events of a role in this process go to its log group; the
+    // gateway's own events about a remote upstream stay in the gateway's.
+    if matches!(*route.upstream, upstream::Upstream::Local(_)) {
+        enter_role(log_role(&route.name));
+    }
     set_forwarded_headers(&mut parts, client);
     let timeout = Duration::from_secs(settings.request_seconds);
     let result = upstream::forward(
@@ -265,24 +269,40 @@ fn declared_length(parts: &axum::http::request::Parts) -> Option<u64> {
 }
 
 /// Reads a whole request body within the size and time limits.
-async fn read_body(settings: &GatewaySettings, body: Body) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(settings: &GatewaySettings, unread: &mut Option<Body>) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
     let limit = settings.max_body_bytes;
+    let Some(mut body) = unread.take() else { return Ok(bytes::Bytes::new()) };
     if axum::body::HttpBody::is_end_stream(&body) {
         return Ok(bytes::Bytes::new());
     }
-    let read = axum::body::to_bytes(body, limit);
-    match tokio::time::timeout(Duration::from_secs(settings.request_seconds), read).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(error)) => {
-            let too_large =
-                std::error::Error::source(&error).is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Err(ApiError::PayloadTooLarge { limit })
-            } else {
-                Err(ApiError::bad_request("unreadable_body", "the request body could not be read; send it again"))
+    let mut collected = bytes::BytesMut::new();
+    let reading = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                ApiError::bad_request("unreadable_body", "the request body could not be read; send it again")
+            })?;
+            if let Some(data) = frame.data_ref() {
+                if collected.len() + data.len() > limit {
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                collected.extend_from_slice(data);
             }
         }
+        Ok(())
+    };
+    let result = match tokio::time::timeout(Duration::from_secs(settings.request_seconds), reading).await {
+        Ok(result) => result,
         Err(_) => Err(ApiError::RequestTimeout(settings.request_seconds)),
+    };
+    match result {
+        Ok(()) => Ok(collected.freeze()),
+        Err(error) => {
+            // The rest of an over-long or slow body is drained before the
+            // error response, like a body that was never read.
+            *unread = Some(body);
+            Err(error)
+        }
     }
 }
 
@@ -300,7 +320,8 @@ fn inspect(gateway: &Gateway, parts: &axum::http::request::Parts, body: &[u8]) -
     } else {
         waf::BodyKind::Other(body)
     };
-    let matches = gateway.waf.inspect(parts.uri.query(), &parts.headers, kind);
+    let mut matches = gateway.waf.inspect_path(parts.uri.path());
+    matches.extend(gateway.waf.inspect(parts.uri.query(), &parts.headers, kind));
     let mut blocked = false;
     for found in &matches {
         let mode = found.mode.as_str();

@@ -122,7 +122,7 @@ pub async fn serve(
         .with_state(gateway.clone());
     let mut http = axum_server::from_tcp(listeners.http)?.acceptor(acceptor).handle(handle.clone());
     limit_http(&mut http, &settings);
-    let http = http.serve(redirect.into_make_service());
+    let http = http.serve(redirect.into_make_service_with_connect_info::<SocketAddr>());
 
     tracing::info!(https = %https_addr, http = %http_addr, public_url = %state.config.public_url, "gateway listening");
     let shutdown_handle = handle.clone();

@@ -214,7 +214,7 @@ async fn redirect_layer(State(gateway): State<Arc<Gateway>>, request: Request, n
 async fn observe(gateway: &Gateway, mut request: Request, next: Next, routed: bool) -> Response {
     let started = Instant::now();
     let state = &gateway.app;
-    let request_id = crate::random_token(9);
+    let request_id = new_request_id();
     let method = request.method().clone();
     let raw_path = request.uri().path().to_string();
     let client =
@@ -327,9 +327,22 @@ fn set_path(request: &mut Request, path: &str) {
     }
 }
 
-/// Renders an error as JSON under `/api/` and as a page elsewhere.
+/// Renders an error as JSON for the API and the OAuth 2.0 endpoints, and
+/// as a page elsewhere.
 fn error_response(path: &str, error: ApiError) -> Response {
-    if path.starts_with("/api/") { error.into_response() } else { crate::pages::PageError(error).into_response() }
+    let json = ["/api/", "/oauth2/", "/.well-known/"].iter().any(|prefix| path.starts_with(prefix));
+    if json { error.into_response() } else { crate::pages::PageError(error).into_response() }
+}
+
+/// Returns a new request id: 12 characters from the URL-safe base64
+/// alphabet that never starts with `-`, so that it can be given to a
+/// command line as an argument.
+pub(crate) fn new_request_id() -> String {
+    let mut id = crate::random_token(9);
+    if id.starts_with('-') {
+        id.replace_range(..1, "0");
+    }
+    id
 }
 
 /// Applies the address rules, rate limits, size limits and filtering rules

@@ -74,7 +74,7 @@ async fn role_layer(role: &'static str, mut request: Request, next: Next) -> Res
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64)
         .map(str::to_string)
-        .unwrap_or_else(|| crate::random_token(9));
+        .unwrap_or_else(super::new_request_id);
     let client = headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())

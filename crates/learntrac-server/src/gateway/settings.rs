@@ -320,6 +320,17 @@ impl GatewaySettings {
         Ok(())
     }
 
+    /// Checks that a role in this process (`local`) or upstream addresses
+    /// serve every route.
+    pub fn check_served(&self, local: &[&str]) -> Result<(), String> {
+        for route in &self.routes {
+            if !self.upstreams.contains_key(&route.upstream) && !local.contains(&route.upstream.as_str()) {
+                return Err(unserved_route(&route.prefix, &route.upstream));
+            }
+        }
+        Ok(())
+    }
+
     /// Returns whether `path` falls under `prefix`: equal to it, or below it.
     pub fn under(path: &str, prefix: &str) -> bool {
         match path.strip_prefix(prefix) {
@@ -345,6 +356,14 @@ impl GatewaySettings {
     }
 }
 
+/// Describes a route that nothing in this process or the settings serves.
+pub(crate) fn unserved_route(prefix: &str, upstream: &str) -> String {
+    format!(
+        "route {prefix:?} goes to {upstream:?}, which does not run in this process and has no addresses; \
+         add {upstream} = [\"https://HOST:PORT\"] under [gateway.upstreams] in learntrac.toml"
+    )
+}
+
 /// Checks one upstream address: `https://HOST:PORT`, nothing more,
 /// because the roles accept mutual TLS only.
 fn check_upstream_address(upstream: &str, address: &str) -> Result<(), String> {
@@ -358,6 +377,12 @@ fn check_upstream_address(upstream: &str, address: &str) -> Result<(), String> {
         return Err(problem("must use https, because the roles accept mutual TLS only"));
     }
     let Some(authority) = uri.authority() else { return Err(problem("has no host")) };
+    if authority.host().is_empty() {
+        return Err(problem("has no host"));
+    }
+    if address.contains('#') {
+        return Err(problem("must have no fragment"));
+    }
     if authority.as_str().contains('@') {
         return Err(problem("must not contain a user name"));
     }
@@ -416,6 +441,8 @@ mod tests {
             ("https://user@127.0.0.1:9000", "user name"),
             ("https://127.0.0.1:9000?x=1", "no path or query"),
             ("https://127.0.0.1:9000/api", "no path or query"),
+            ("https://:9000", "has no host"),
+            ("https://127.0.0.1:9000#f", "no fragment"),
         ] {
             let mut settings = GatewaySettings::default();
             settings.upstreams.insert("api".into(), vec![address.into()]);

@@ -101,13 +101,9 @@ impl RoutingTable {
                         }),
                         None => match local(&setting.upstream) {
                             Some(router) => Upstream::Local(router),
-                            None => anyhow::bail!(
-                                "route {:?} goes to {:?}, which does not run in this process and has no addresses; \
-                                 add {} = [\"https://HOST:PORT\"] under [gateway.upstreams] in learntrac.toml",
-                                setting.prefix,
-                                setting.upstream,
-                                setting.upstream
-                            ),
+                            None => {
+                                anyhow::bail!(super::settings::unserved_route(&setting.prefix, &setting.upstream))
+                            }
                         },
                     };
                     let upstream = Arc::new(upstream);

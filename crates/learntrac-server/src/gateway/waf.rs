@@ -37,20 +37,20 @@ const RULES: &[Rule] = &[
         id: "sqli-union",
         scope: Scope::Injection,
         default_mode: None,
-        pattern: r"(?i)\bunion(\s|/\*.*?\*/|\+)+(all(\s|/\*.*?\*/|\+)+)?select\b",
+        pattern: r"(?i)(\b|/\*!\d*)union(\s|/\*.*?\*/|\*/|\+)+((all|distinct)(\s|/\*.*?\*/|\+)+)?select\b",
     },
     Rule {
         id: "sqli-tautology",
         scope: Scope::Injection,
         default_mode: None,
-        pattern: r#"(?i)(['"`)]\s*\b(or|and|xor)\b\s*[('"`]?\s*[\w'"`]+\s*(=|<|>|\blike\b|\bis\b)|\bor\s+\d+\s*=\s*\d+|['"`)]\s*(or|and)\s+(not\s+)?(true|false|null)\b|\b(or|and)\s+\d+\s+between\b)"#,
+        pattern: r#"(?i)(['"`)]\s*\b(or|and|xor)\b\s*[('"`]?\s*[\w'"`]+\s*(=|<|>|\blike\b|\bis\b)|\bor\s+\d+\s*=\s*\d+|['"`)]\s*(or|and)\s+(not\s+)?(true|false|null)\b|\b(or|and)\s+\d+\s+(not\s+)?(between|in|is|like)\b|['"`)]\s*(or|and|\|\|)\s*\d+\s*(--|#|/\*|=|$))"#,
     },
     Rule { id: "sqli-comment", scope: Scope::Injection, default_mode: None, pattern: r#"['"`]\s*(--|#|/\*|;)"# },
     Rule {
         id: "sqli-stacked",
         scope: Scope::Injection,
         default_mode: None,
-        pattern: r"(?i);(\s|/\*.*?\*/)*(drop|delete|truncate|alter|insert|update|create|exec|execute|shutdown|declare|select|attach|pragma)(\s|/\*|\(|$)",
+        pattern: r"(?i);(\s|/\*.*?\*/)*(drop|delete|truncate|alter|insert|update|replace|create|exec|execute|shutdown|declare|select|attach|detach|pragma|vacuum|reindex)(\s|/\*|\(|$)",
     },
     Rule {
         id: "sqli-subquery",
@@ -88,7 +88,7 @@ const RULES: &[Rule] = &[
         id: "command",
         scope: Scope::Injection,
         default_mode: None,
-        pattern: r"(?i)(;|&&|\|\|?|`|\$\(|\n)\s*(cat|ls|id|whoami|uname|wget|curl|nc|ncat|netcat|busybox|bash|sh|zsh|dash|rm|ping|nslookup|python[0-9.]*|perl|ruby|php|chmod|chown|echo|sleep|env|kill|telnet|socat)\b|\$\{?IFS\b",
+        pattern: r"(?i)(;|&&|\|\|?|`|\$\(|\n)\s*(/[\w./-]*/)?(cat|ls|id|whoami|uname|wget|curl|nc|ncat|netcat|busybox|bash|sh|zsh|dash|rm|ping|nslookup|python[0-9.]*|perl|ruby|php|chmod|chown|echo|sleep|env|kill|telnet|socat)(\s|$|[;|&`)<>])|\$\{?IFS\b",
     },
     Rule {
         id: "scanner",
@@ -96,12 +96,7 @@ const RULES: &[Rule] = &[
         default_mode: None,
         pattern: r"(?i)(sqlmap|nikto|nmap|masscan|wapiti|acunetix|nessus|openvas|dirbuster|gobuster|feroxbuster|ffuf|wfuzz|w3af|nuclei|zgrab|havij|netsparker|arachni|skipfish|whatweb|jaeles|commix)",
     },
-    Rule {
-        id: "text-control",
-        scope: Scope::FreeText,
-        default_mode: None,
-        pattern: r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]",
-    },
+    Rule { id: "text-control", scope: Scope::FreeText, default_mode: None, pattern: r"[\x00-\x08\x0b\x0e-\x1f\x7f]" },
     Rule {
         id: "text-script",
         scope: Scope::FreeText,
@@ -248,11 +243,23 @@ impl Waf {
                     self.check_field("form", &name, &value, &mut matches);
                 }
             }
-            BodyKind::Json(bytes) => match serde_json::from_slice::<serde_json::Value>(bytes) {
-                Ok(value) => self.check_json(None, &value, &mut matches),
-                Err(_) => self.check_decoded(whole_body, &String::from_utf8_lossy(bytes), &mut matches),
-            },
+            // Invalid JSON is left to the role, which rejects it with 400.
+            BodyKind::Json(bytes) => {
+                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                    self.check_json(None, &value, &mut matches);
+                }
+            }
             BodyKind::Other(bytes) => self.check_decoded(whole_body, &String::from_utf8_lossy(bytes), &mut matches),
+        }
+        matches
+    }
+
+    /// Returns every rule that matches a segment of the request path, such
+    /// as a wiki page name.
+    pub fn inspect_path(&self, path: &str) -> Vec<Match> {
+        let mut matches = Vec::new();
+        for segment in path.split('/').filter(|segment| !segment.is_empty()) {
+            self.check_decoded(Location { kind: "path", name: "" }, segment, &mut matches);
         }
         matches
     }
@@ -300,13 +307,15 @@ impl Waf {
             if !current.contains('%') {
                 break;
             }
-            match percent_decode(&current) {
-                Some(decoded) if decoded != current => {
-                    self.check(Scope::Injection, at, &decoded, matches);
-                    current = std::borrow::Cow::Owned(decoded);
-                }
-                _ => break,
+            let decoded = percent_decode_lenient(&current);
+            if decoded == current {
+                break;
             }
+            self.check(Scope::Injection, at, &decoded, matches);
+            current = std::borrow::Cow::Owned(decoded);
+        }
+        if let Some(decoded) = decode_html_entities(&current) {
+            self.check(Scope::Injection, at, &decoded, matches);
         }
     }
 
@@ -326,7 +335,8 @@ impl Waf {
     }
 }
 
-/// Where a value was found, such as `query` and `q`; formatted only for a match.
+/// The place of a value in the request, such as `query` and `q`; it is
+/// formatted only for a match.
 #[derive(Clone, Copy)]
 struct Location<'a> {
     kind: &'a str,
@@ -335,7 +345,7 @@ struct Location<'a> {
 
 impl std::fmt::Display for Location<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.name.is_empty() && self.kind == "body" {
+        if self.name.is_empty() && matches!(self.kind, "body" | "path") {
             f.write_str(self.kind)
         } else {
             write!(f, "{}:{}", self.kind, self.name)
@@ -348,8 +358,8 @@ const SCHEMA_NAMES: &[&str] =
     &["information_schema", "pg_catalog", "sqlite_master", "sqlite_schema", "sqlite_temp_master", "xp_cmdshell"];
 
 /// Returns whether `value` is made only of letters, digits, `-`, `_` and
-/// single dots, as ids, numbers and tokens (session cookies) are, and holds
-/// no schema name as a word. No injection pattern can match such a value,
+/// single dots, as ids, numbers and tokens (session cookies) are, and
+/// contains no schema name as a word. No injection pattern can match such a value,
 /// so it is skipped.
 fn is_plain_token(value: &str) -> bool {
     value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -366,13 +376,90 @@ fn form_pairs(bytes: &[u8]) -> Vec<(String, String)> {
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |part: &str| {
-                let spaced = part.replace('+', " ");
-                percent_decode(&spaced).unwrap_or(spaced)
-            };
+            let decode = |part: &str| percent_decode_lenient(&part.replace('+', " "));
             (decode(name), decode(value))
         })
         .collect()
+}
+
+/// Decodes the valid `%XX` escapes and keeps malformed ones as they are,
+/// as the form and query parsers of the roles do, so that a broken escape
+/// cannot hide the rest of a value from the rules. Bytes that are not
+/// UTF-8 are replaced.
+pub fn percent_decode_lenient(text: &str) -> String {
+    if !text.contains('%') {
+        return text.to_string();
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Decodes the numeric character references (`&#97;`, `&#x61;`) and the
+/// named ones that browsers accept inside URLs (`&colon;`, `&tab;`,
+/// `&newline;`), which can spell `javascript:` in an attribute.
+fn decode_html_entities(text: &str) -> Option<String> {
+    if !text.contains('&') {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('&') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '#')).unwrap_or(after.len());
+        let name = &after[..end];
+        let decoded = match name.strip_prefix('#') {
+            Some(number) => match number.strip_prefix(['x', 'X']) {
+                Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                None => number.parse::<u32>().ok(),
+            }
+            .and_then(char::from_u32),
+            None => match name.to_ascii_lowercase().as_str() {
+                "colon" => Some(':'),
+                "tab" => Some('\t'),
+                "newline" => Some('\n'),
+                "lpar" => Some('('),
+                "rpar" => Some(')'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                _ => None,
+            },
+        };
+        match decoded {
+            Some(c) if !name.is_empty() => {
+                out.push(c);
+                let skip = end + usize::from(after[end..].starts_with(';'));
+                rest = &after[skip..];
+            }
+            _ => {
+                out.push('&');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// Decodes `%XX` escapes; `None` when an escape is malformed. Bytes that
@@ -444,6 +531,18 @@ mod tests {
             ("x=${IFS}cat", "command"),
             ("%3Cscript%3E=1", "xss-script"),
             ("1%20UNION%20SELECT%201", "sqli-union"),
+            ("x=%zz%27%20or%201%3D1--", "sqli-tautology"),
+            ("x=%zz1%20union%20select%201", "sqli-union"),
+            ("x=1;vacuum%20into%20%27/tmp/x%27", "sqli-stacked"),
+            ("x=%27%20or%201%20--%20", "sqli-tautology"),
+            ("x=1%20or%201%20in%20(1)", "sqli-tautology"),
+            ("x=%27%20%7C%7C%201=1%20--", "sqli-tautology"),
+            ("x=1%20or%201%20is%20not%20null", "sqli-tautology"),
+            ("x=1%20union%20distinct%20select%201", "sqli-union"),
+            ("x=1/*!50000union*/%20select%201", "sqli-union"),
+            ("x=jav%26%23x61;script:alert(1)", "xss-url"),
+            ("x=%3Ca%20href=javascript%26colon;alert(1)%3E", "xss-url"),
+            ("x=a;/bin/sh%20-c%20id", "command"),
         ] {
             assert!(query_rules(query).contains(&rule), "{query} should match {rule}: {:?}", query_rules(query));
         }
@@ -462,8 +561,24 @@ mod tests {
                 .expect("header"),
         );
         headers.insert("sec-ch-ua", "\"Chromium\";v=\"156\", \"Not.A/Brand\";v=\"24\"".parse().expect("header"));
+        assert!(waf().inspect(None, &headers, BodyKind::None).is_empty());
+        headers.insert(
+            "user-agent",
+            "Mozilla/5.0 (Linux; U; Android 4.4.2; id-id; SM-G7102 Build/KOT49H) AppleWebKit/534.30 Mobile Safari/534.30"
+                .parse()
+                .expect("header"),
+        );
         headers.insert("referer", "https://localhost:8443/wiki/WikiStart?x=1".parse().expect("header"));
         assert!(waf().inspect(None, &headers, BodyKind::None).is_empty());
+    }
+
+    #[test]
+    fn path_segments_are_checked() {
+        let rules = |path: &str| waf().inspect_path(path).into_iter().map(|m| m.rule).collect::<Vec<_>>();
+        assert!(rules("/wiki/1%27%20or%20%271%27=%271").contains(&"sqli-tautology"));
+        assert!(rules("/wiki/1%20union%20select%201").contains(&"sqli-union"));
+        assert!(rules("/wiki/Don%27t_Panic").is_empty());
+        assert!(rules("/api/v1/tickets/12/answers").is_empty());
     }
 
     #[test]
@@ -482,6 +597,13 @@ mod tests {
         assert!(waf().inspect(None, &HeaderMap::new(), BodyKind::Form(form)).is_empty());
         let other = br#"{"title_x": "1' OR '1'='1"}"#;
         assert!(!waf().inspect(None, &HeaderMap::new(), BodyKind::Json(other)).is_empty());
+        let form_feed = "{\"answer\": \"end of page 1\\fPage 2\"}";
+        assert!(waf().inspect(None, &HeaderMap::new(), BodyKind::Json(form_feed.as_bytes())).is_empty());
+        let broken = br#"{"answer": "SELECT * FROM t UNION SELECT * FROM u",}"#;
+        assert!(
+            waf().inspect(None, &HeaderMap::new(), BodyKind::Json(broken)).is_empty(),
+            "invalid JSON is the role's"
+        );
         let control = "{\"answer\": \"a\\u0000b\"}";
         let found = waf().inspect(None, &HeaderMap::new(), BodyKind::Json(control.as_bytes()));
         assert_eq!(found.first().map(|m| m.rule), Some("text-control"));

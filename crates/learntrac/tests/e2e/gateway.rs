@@ -150,6 +150,14 @@ async fn header_body_and_upload_limits() {
         );
         assert_eq!(status, "413", "HTTP/2: {body}");
     }
+    // The same without a declared length, so that the limit trips while reading.
+    let (status, body) = curl(
+        &server,
+        &["--http2", "-H", &format!("authorization: Bearer {teacher}"), "-H", "content-type: application/json"],
+        &["-H", "content-length:", "-T", &big_file.display().to_string(), "-X", "POST"],
+        "/api/v1/search",
+    );
+    assert_eq!(status, "413", "HTTP/2 without a length: {body}");
 
     // An upload route takes far more than max_body_bytes ...
     let mut book = String::from("# Big book\n\n## Means\n\n");
@@ -349,6 +357,21 @@ async fn filtering_rules_spare_learner_text() {
     let (status, _) =
         server.post_json(&learner, &format!("/api/v1/tickets/{ticket}/answers"), &json!({"answer": "a\u{0}b"})).await;
     assert_eq!(status, 403, "control characters in free text");
+    let answer = json!({"answer": "page 1\u{c}page 2"});
+    let (status, _) = server.post_json(&learner, &format!("/api/v1/tickets/{ticket}/answers"), &answer).await;
+    assert_eq!(status, 201, "a form feed pasted from a PDF");
+    let response = server.client.get(server.url("/wiki/WikiStart?q=%zz%27%20or%201%3D1--")).send().await.expect("GET");
+    assert_eq!(response.status(), 403, "a broken escape does not hide the rest of the value");
+    let response = server.client.get(server.url("/wiki/1%20union%20select%201")).send().await.expect("GET");
+    assert_eq!(response.status(), 403, "an attack in the path");
+    let response = server
+        .client
+        .get(server.url("/wiki/WikiStart"))
+        .header("user-agent", "Mozilla/5.0 (Linux; U; Android 4.4.2; id-id; SM-G7102) AppleWebKit/534.30 Safari/534.30")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 303, "a browser whose locale is id-id");
 
     // Wiki text about HTML passes too.
     server.add_user("teacher@example.org", "instructors");
@@ -407,6 +430,8 @@ async fn token_burst_gets_429() {
         if response.status() == 429 {
             assert_security_headers(&response, "a 429");
             retry_after = response.headers().get("retry-after").map(|v| v.to_str().expect("ascii").to_string());
+            let body: Value = response.json().await.expect("the token endpoint answers JSON");
+            assert_eq!(body["error"], "rate_limited");
         }
     }
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
@@ -735,6 +760,15 @@ async fn failed_upstreams_give_5xx() {
          {{ prefix = \"/oauth2/\", upstream = \"slow\" }}]\n\
          [gateway.upstreams]\napi = [\"https://127.0.0.1:{closed_port}\"]\nslow = [\"https://127.0.0.1:{silent_port}\"]\n"
     ));
+    // The settings are checked before anything is created.
+    let output = server.run_until_exit(
+        &["gateway", "--https-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--metrics-listen", "off"],
+        Duration::from_secs(30),
+    );
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("\"trac\"") && error.contains("[gateway.upstreams]"), "{error}");
+    assert!(!server.data_dir.join("learntrac.db").exists(), "learntrac gateway created a database before failing");
     server.serve().await;
 
     let response = server.client.get(server.url("/api/v1/me")).send().await.expect("GET");
@@ -742,11 +776,18 @@ async fn failed_upstreams_give_5xx() {
     let id = response.headers()["x-request-id"].to_str().expect("ascii").to_string();
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["request_id"], id.as_str());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gateway_log = std::fs::read_to_string(server.data_dir.join("logs/gateway.log")).expect("gateway.log");
+    let failure = gateway_log.lines().find(|l| l.contains("upstream request failed")).expect("the failure is logged");
+    assert!(failure.contains(&id), "with the request id: {failure}");
+    assert!(failure.contains("onnect"), "and its cause: {failure}");
     let response = server.client.get(server.url("/api/v1/me")).send().await.expect("GET");
     assert_eq!(response.status(), 503, "the failed instance is out of rotation");
     let response = server.client.post(server.url("/oauth2/token")).send().await.expect("POST");
     assert_eq!(response.status(), 504, "an instance that never answers");
-    assert!(response.text().await.expect("text").contains("Request id"));
+    let body: Value = response.json().await.expect("the token endpoint answers JSON");
+    assert_eq!(body["error"], "gateway_timeout");
+    assert!(body["request_id"].is_string(), "{body}");
     let health = server.client.get(server.url("/health")).send().await.expect("health");
     assert_eq!(health.status(), 503, "the load balancer sees the gateway as unhealthy");
     assert_eq!(server.client.get(server.url("/wiki/WikiStart")).send().await.expect("GET").status(), 303);
