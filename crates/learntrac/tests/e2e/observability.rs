@@ -357,14 +357,20 @@ async fn check_fails_on_development_setup() {
         "pass\tlog_masking",
         "pass\trate_limits",
         "pass\tdatabase_tls",
+        "pass\tadmin_networks",
+        "pass\tfiltering_rules",
     ] {
         assert!(report.contains(expected), "missing {expected:?} in:\n{report}");
     }
     assert!(stderr(&check).contains("control(s) failed"), "{}", stderr(&check));
 
-    server.write_settings("log_client_address = \"full\"\n");
+    server.write_settings(
+        "log_client_address = \"full\"\n[gateway]\nadmin_networks = [\"0.0.0.0/0\"]\n[gateway.waf]\nmode = \"count\"\n",
+    );
     let full = stdout(&server.cli(&["check"], ""));
     assert!(full.contains("fail\tlog_masking"), "{full}");
+    assert!(full.contains("fail\tadmin_networks"), "a range open to the internet: {full}");
+    assert!(full.contains("warn\tfiltering_rules"), "rules that only count: {full}");
 }
 
 #[tokio::test]
