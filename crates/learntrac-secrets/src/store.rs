@@ -152,8 +152,8 @@ impl SecretStore {
     /// Stores `value` under `name` unless the store already has that name.
     /// The check and the write happen under the store's lock, so processes
     /// starting together on one data directory agree on one value. Returns
-    /// true when this call stored it; otherwise the stored value stays and
-    /// this handle sees it.
+    /// true when this call stored it. Otherwise the stored value stays, and
+    /// this handle reads it.
     pub fn put_if_absent(&mut self, name: &str, value: &str, now: i64) -> Result<bool> {
         validate_name(name)?;
         let lock = lock(&self.path)?;

@@ -37,7 +37,7 @@ pub enum ApiError {
     HeadersTooLarge { limit: usize },
     #[error("the request was not received within {0} seconds")]
     RequestTimeout(u64),
-    /// The gateway got no valid answer from the upstream.
+    /// The gateway received no valid response from the upstream.
     #[error("the service behind the gateway failed to answer; try again")]
     BadGateway,
     /// No instance of the upstream is healthy.

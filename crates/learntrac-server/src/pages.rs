@@ -480,7 +480,7 @@ async fn answer_ticket(
     }
 }
 
-/// The administration screen: the user pool, for admins and operators.
+/// Renders the administration screen: the user pool, for admins and operators.
 async fn admin(State(state): State<AppState>, AdminPageUser(user): AdminPageUser) -> PageResult {
     let users = state.store.list_users().await?;
     let mut html = String::from(

@@ -248,7 +248,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_certificate_lasts_a_year_and_is_renewed_before_it_ends() {
+    fn generated_certificate_renews_near_expiry() {
         let dir = std::env::temp_dir().join(format!("learntrac-tls-{}", crate::random_token(6)));
         let files = CertificateFiles::resolve(&dir, None, None, &["learn.example".to_string()]).expect("generate");
         let leaf = crate::production::read_leaf(&files.cert).expect("leaf");

@@ -140,7 +140,7 @@ impl Store {
         row.as_ref().map(user_from_row).transpose()
     }
 
-    /// Every user, by id.
+    /// Returns every user, ordered by id.
     pub async fn list_users(&self) -> Result<Vec<User>> {
         let rows =
             sqlx::query(sql(format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))).fetch_all(&self.pool).await?;

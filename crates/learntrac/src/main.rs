@@ -1,5 +1,5 @@
-//! The `learntrac` command: `serve` runs every role in one process;
-//! `gateway`, `trac`, `api` and `idp` run one role each; the other
+//! The `learntrac` command. `serve` runs every role in one process, and
+//! `gateway`, `trac`, `api` and `idp` run one role each. The other
 //! subcommands administer a data directory.
 
 mod backups;

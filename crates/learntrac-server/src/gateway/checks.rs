@@ -205,7 +205,7 @@ fn check_rate_limits(
 
 /// Returns the user id of the request's bearer token or session cookie
 /// when its signature and claims are valid, so that one user's sessions
-/// share a bucket and nobody can spend another user's. Revocation is left
+/// share a bucket and no client can spend another user's. Revocation is left
 /// to the role, which rejects the request.
 fn signed_in_user(state: &AppState, headers: &axum::http::HeaderMap) -> Option<i64> {
     let token =
@@ -229,8 +229,8 @@ const RAW_UPLOAD_TYPES: &[&str] = &[
 const UPLOAD_ENDINGS: &[&str] = &[".pdf", ".html", ".htm", ".xhtml", ".md", ".markdown"];
 
 /// Checks an upload's declared content type, its file name and its
-/// declared size; the body is then streamed to the role with the size
-/// limit enforced as it goes. The JSON API takes the raw file (with
+/// declared size. The body is then streamed to the role, and the size
+/// limit is enforced as it goes. The JSON API takes the raw file (with
 /// `?name=`), and the pages take a `multipart/form-data` form.
 fn check_upload(gateway: &Gateway, parts: &axum::http::request::Parts) -> Result<(), ApiError> {
     let limit = gateway.app.config.max_upload_bytes;

@@ -109,8 +109,8 @@ impl Drop for ConnectionPermit {
 
 /// A stream that fails with `TimedOut` when neither side has moved a byte
 /// for its idle time, and that holds a connection permit while it lives.
-/// Each read or write only notes the time; the timer is moved when it
-/// fires early, which keeps the timer wheel out of every I/O call.
+/// Each read or write only notes the time, and the timer is moved only when
+/// it fires early, so that the timer wheel stays out of every I/O call.
 pub struct IdleStream<S> {
     inner: S,
     idle: Duration,

@@ -65,7 +65,7 @@ impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> fo
 
 /// Applies the header time limit to a server, and a hard limit on the
 /// request head at four times `max_header_bytes`. Heads between the two
-/// limits reach the gateway, which answers 431 with its headers and a log
+/// limits reach the gateway, which returns 431 with its headers and a log
 /// line; larger ones get hyper's bare 431 and a closed connection.
 fn limit_http<A: axum_server::Address, Acc>(server: &mut axum_server::Server<A, Acc>, settings: &GatewaySettings) {
     let hard_limit = settings.max_header_bytes.saturating_mul(4);

@@ -80,8 +80,9 @@ pub struct WafSettings {
     pub mode: RuleMode,
     /// Modes of single rules by id, such as `"sqli-union" = "count"`.
     pub rules: BTreeMap<String, RuleMode>,
-    /// Form and JSON fields that hold learners' own writing (answers, wiki
-    /// text, goals); they are checked with the free-text rules only.
+    /// Form and JSON fields that contain learners' own writing (their
+    /// replies to questions, wiki text, goals), checked with the free-text
+    /// rules only.
     pub free_text_fields: Vec<String>,
     /// Fields that are never inspected, such as passwords.
     pub secret_fields: Vec<String>,

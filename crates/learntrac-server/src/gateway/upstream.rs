@@ -48,7 +48,7 @@ impl Instance {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Records the instance's health; `reason` says why it failed.
+    /// Records the instance's health; `reason` describes the failure.
     fn set_healthy(&self, healthy: bool, upstream: &str, reason: &str) {
         let was = self.healthy.swap(healthy, Ordering::Relaxed);
         if was != healthy {

@@ -125,7 +125,7 @@ async fn header_body_and_upload_limits() {
     assert_eq!(response.status(), 431, "headers over max_header_bytes");
     assert_security_headers(&response, "a 431");
     let huge_header = "x".repeat(80 * 1024);
-    // Far beyond the limit, hyper answers a bare 431 or closes the connection.
+    // Far beyond the limit, hyper returns a bare 431 or closes the connection.
     let response = server.client.get(server.url("/wiki/WikiStart")).header("x-filler", &huge_header).send().await;
     if let Ok(response) = response {
         assert_eq!(response.status(), 431);
@@ -138,7 +138,7 @@ async fn header_body_and_upload_limits() {
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"], "payload_too_large");
     assert!(body["request_id"].is_string());
-    // Over HTTP/2 the early answer arrives whole, although the body is unread.
+    // Over HTTP/2 the early response arrives whole, although the body is unread.
     let big_file = server.data_dir.join("big.json");
     std::fs::write(&big_file, serde_json::to_vec(&big_json).expect("json")).expect("write");
     for _ in 0..5 {
@@ -164,53 +164,30 @@ async fn header_body_and_upload_limits() {
     while book.len() < 1200 * 1024 {
         book.push_str("The mean of a sample is the sum of its values divided by their count. ");
     }
-    let url = server.url("/api/v1/books?name=big.md");
-    let response = server.client.post(&url).bearer_auth(&teacher).body(book.clone()).send().await.expect("upload");
+    // Posts `body` to the upload route as `name`, with `content_type` if given.
+    let upload = |name: &str, content_type: Option<&str>, body: String| {
+        let mut request = server.client.post(server.url(&format!("/api/v1/books?name={name}"))).bearer_auth(&teacher);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.body(body).send()
+    };
+    let response = upload("big.md", None, book).await.expect("upload");
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap_or_default());
     // ... but not more than max_upload_mib, and only book types.
-    let huge = "x".repeat(4 * 1024 * 1024);
-    let response = server.client.post(&url).bearer_auth(&teacher).body(huge).send().await.expect("upload");
+    let response = upload("big.md", None, "x".repeat(4 * 1024 * 1024)).await.expect("upload");
     assert_eq!(response.status(), 413);
-    let response = server
-        .client
-        .post(server.url("/api/v1/books?name=tool.exe"))
-        .bearer_auth(&teacher)
-        .body("MZ")
-        .send()
-        .await
-        .expect("upload");
+    let response = upload("tool.exe", None, "MZ".into()).await.expect("upload");
     assert_eq!(response.status(), 415);
-    let response = server
-        .client
-        .post(&url)
-        .bearer_auth(&teacher)
-        .header("content-type", "application/x-msdownload")
-        .body("MZ")
-        .send()
-        .await
-        .expect("upload");
+    let response = upload("big.md", Some("application/x-msdownload"), "MZ".into()).await.expect("upload");
     assert_eq!(response.status(), 415);
     // The API takes the file itself; a form belongs to the library page.
-    let response = server
-        .client
-        .post(&url)
-        .bearer_auth(&teacher)
-        .header("content-type", "multipart/form-data; boundary=x")
-        .body("--x\r\n\r\n# A\r\n--x--\r\n")
-        .send()
-        .await
-        .expect("upload");
+    let form = "--x\r\n\r\n# A\r\n--x--\r\n".to_string();
+    let response = upload("big.md", Some("multipart/form-data; boundary=x"), form).await.expect("upload");
     assert_eq!(response.status(), 415, "multipart to the API");
     // Uploads are checked by type and size, not by the filtering rules.
     let sql_book = "# SQL\n\n## Joins\n\nSELECT name FROM users WHERE id = 1 UNION SELECT 2; -- a comment\n";
-    let response = server
-        .client
-        .post(server.url("/api/v1/books?name=sql.md"))
-        .bearer_auth(&teacher)
-        .body(sql_book)
-        .send()
-        .await
-        .expect("upload");
+    let response = upload("sql.md", None, sql_book.into()).await.expect("upload");
     assert_eq!(response.status(), 201);
 }
 
@@ -522,7 +499,7 @@ fn test_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
     (rcgen::Issuer::new(params, key), cert.pem())
 }
 
-/// Returns the serial number of the certificate a new connection sees.
+/// Returns the serial number of the certificate a new connection receives.
 fn served_serial(server: &Server) -> String {
     let connect = format!("127.0.0.1:{}", server.https_port);
     let mut child = Command::new("sh")
@@ -747,10 +724,10 @@ async fn failed_upstreams_give_5xx() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let silent_port = silent.local_addr().expect("addr").port();
     let keep: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>> = Default::default();
-    let held = keep.clone();
+    let accepted = keep.clone();
     std::thread::spawn(move || {
         for stream in silent.incoming().flatten() {
-            held.lock().expect("lock").push(stream);
+            accepted.lock().expect("lock").push(stream);
         }
     });
     let closed_port = free_port();
@@ -767,7 +744,8 @@ async fn failed_upstreams_give_5xx() {
     );
     assert!(!output.status.success());
     let error = String::from_utf8_lossy(&output.stderr);
-    assert!(error.contains("\"trac\"") && error.contains("[gateway.upstreams]"), "{error}");
+    assert!(error.contains("\"trac\""), "{error}");
+    assert!(error.contains("[gateway.upstreams]"), "{error}");
     assert!(!server.data_dir.join("learntrac.db").exists(), "learntrac gateway created a database before failing");
     server.serve().await;
 

@@ -254,7 +254,7 @@ impl Server {
         self.client = self.client_from([127, 0, 0, 1].into());
     }
 
-    /// A client that trusts the generated CA and connects from `local`
+    /// Builds a client that trusts the generated CA and connects from `local`
     /// (any 127.x.y.z address reaches the loopback listener).
     pub fn client_from(&self, local: std::net::IpAddr) -> reqwest::Client {
         let ca = std::fs::read(self.data_dir.join("tls/ca.pem")).expect("read generated CA");
@@ -397,7 +397,7 @@ pub struct Process {
 }
 
 impl Process {
-    /// What the process printed so far, standard output and error.
+    /// Returns what the process printed so far, standard output and error.
     pub fn output(&self) -> String {
         self.output.lock().expect("log lock").clone()
     }
@@ -425,7 +425,7 @@ impl Drop for Process {
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// Returns a loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
