@@ -21,6 +21,13 @@ pub use store::{Rotation, SecretInfo, SecretStore, validate_name};
 /// The secret that contains the identity provider's token-signing key (PKCS#8 PEM).
 pub const TOKEN_SIGNING_KEY: &str = "token-signing-key";
 
+/// The signing key replaced by the last rotation, kept so that its tokens
+/// verify until they expire: JSON with the PEM and the time it retired.
+pub const PREVIOUS_SIGNING_KEY: &str = "token-signing-key-previous";
+
+/// The secret that encrypts users' TOTP secrets in the database.
+pub const MFA_KEY: &str = "mfa-key";
+
 /// The secret that keys the hash of client addresses in logs.
 pub const LOG_ADDRESS_KEY: &str = "log-address-key";
 

@@ -50,11 +50,13 @@ impl std::str::FromStr for Role {
 }
 
 /// Secrets LearnTrac itself keeps, with the roles that use each: the
-/// identity provider signs tokens, the gateway and the identity provider
+/// identity provider signs tokens and encrypts TOTP secrets, the gateway and the identity provider
 /// hash client addresses for the logs, and every role that changes data
 /// appends to the audit trail.
 pub const BUILTIN_GRANTS: &[(Role, &str)] = &[
     (Role::Idp, crate::TOKEN_SIGNING_KEY),
+    (Role::Idp, crate::PREVIOUS_SIGNING_KEY),
+    (Role::Idp, crate::MFA_KEY),
     (Role::Gateway, crate::LOG_ADDRESS_KEY),
     (Role::Idp, crate::LOG_ADDRESS_KEY),
     (Role::Trac, crate::AUDIT_KEY),

@@ -1,5 +1,5 @@
-//! The JSON API under `/api/v1`. Every handler takes an [`ApiUser`], so
-//! every call needs a valid bearer token.
+//! The JSON API under `/api/v1`. Every handler takes an [`ApiUser`] or an
+//! [`ApiCaller`], so every call needs a valid bearer token.
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::{AdminApiUser, ApiUser, StaffApiUser};
+use crate::auth::{AdminApiUser, ApiCaller, ApiUser, LibraryWriter, SCOPE_READ, StaffApiUser};
 use crate::error::{ApiError, ApiResult};
 use crate::{graph, service};
 
@@ -25,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/openapi.json", get(openapi))
         .route("/me", get(me))
         .route("/admin/users", get(admin_users))
+        .merge(crate::idp::admin::api_routes())
         .route("/books", get(list_books))
         .route("/books/{id}", axum::routing::delete(delete_book))
         .route("/search", post(search))
@@ -85,7 +86,8 @@ async fn me(ApiUser(user): ApiUser) -> Json<Value> {
     Json(json!({ "id": user.user_id, "email": user.email, "name": user.name, "groups": user.groups }))
 }
 
-async fn list_books(State(state): State<AppState>, ApiUser(_): ApiUser) -> ApiResult<Json<Value>> {
+async fn list_books(State(state): State<AppState>, caller: ApiCaller) -> ApiResult<Json<Value>> {
+    caller.require_scope(SCOPE_READ)?;
     Ok(Json(json!({ "books": state.store.list_books().await? })))
 }
 
@@ -97,7 +99,7 @@ struct UploadQuery {
 /// Ingests the request body as a book; `?name=FILE.pdf` gives its format.
 async fn upload_book(
     State(state): State<AppState>,
-    StaffApiUser(user): StaffApiUser,
+    LibraryWriter(user_id): LibraryWriter,
     query: Result<Query<UploadQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -116,7 +118,7 @@ async fn upload_book(
     if body.is_empty() {
         return Err(ApiError::bad_request("empty_body", "the request body is empty; send the file's bytes"));
     }
-    let record = service::ingest_book(&state, body.to_vec(), name, Some(user.user_id)).await?;
+    let record = service::ingest_book(&state, body.to_vec(), name, user_id).await?;
     Ok((StatusCode::CREATED, Json(json!(record))))
 }
 
@@ -175,9 +177,10 @@ pub fn passage_json(hit: &Hit) -> Value {
 
 async fn search(
     State(state): State<AppState>,
-    ApiUser(_): ApiUser,
+    caller: ApiCaller,
     JsonBody(request): JsonBody<SearchRequest>,
 ) -> ApiResult<Json<Value>> {
+    caller.require_scope(SCOPE_READ)?;
     let limit = request.limit.unwrap_or(10);
     if !(1..=service::MAX_PASSAGES).contains(&limit) {
         return Err(ApiError::bad_request(

@@ -93,15 +93,8 @@ pub async fn run(
             &format!("{} secrets, none at a development value, no password in database_url", secrets.list().len()),
         ),
     ];
-    controls.push(if config.password_grant {
-        from_problems("mfa_admins", &problems, "")
-    } else {
-        control(
-            "mfa_admins",
-            Status::Warn,
-            "LearnTrac has no multi-factor authentication yet; the password grant is off, so admins sign in at /login only",
-        )
-    });
+    let groups: Vec<&str> = config.identity.mfa_required_groups.iter().map(|g| g.as_str()).collect();
+    controls.push(from_problems("mfa_admins", &problems, &format!("TOTP is required for {}", groups.join(", "))));
     controls.push(admin_networks_control(&config.gateway));
     controls.push(filtering_rules_control(&config.gateway));
     controls.push(backup_control(config, secrets, now));

@@ -56,6 +56,7 @@ pub struct ServerConfig {
     /// Age after which `learntrac check` calls the newest backup too old.
     pub backup_max_age_hours: i64,
     pub gateway: crate::gateway::settings::GatewaySettings,
+    pub identity: crate::idp::settings::IdentitySettings,
 }
 
 /// Shows the settings with the database password hidden.
@@ -107,6 +108,7 @@ impl ServerConfig {
             backup_dir: data_dir_for_key.join("backups"),
             backup_max_age_hours: 26,
             gateway: crate::gateway::settings::GatewaySettings::default(),
+            identity: crate::idp::settings::IdentitySettings::default(),
         }
     }
 }

@@ -17,11 +17,11 @@ pub mod keys;
 pub mod logs;
 pub mod metrics;
 pub mod pages;
-pub mod password;
 pub mod pki;
 pub mod production;
 pub mod secrets;
 pub mod service;
+pub mod sessions;
 pub mod time;
 pub mod tls;
 pub mod wiki;
@@ -40,7 +40,15 @@ pub use config::ServerConfig;
 /// State shared by every role.
 pub struct AppInner {
     pub store: Store,
-    pub keys: keys::SigningKeys,
+    /// The signing keys, replaced when a rotation is noticed.
+    signing_keys: RwLock<Arc<keys::SigningKeys>>,
+    /// The external provider whose tokens the API accepts instead of the
+    /// built-in provider's, if one is configured.
+    pub external_keys: Option<auth::ExternalKeys>,
+    pub sessions: sessions::SessionCache,
+    pub mailer: learntrac_identity::mail::Mailer,
+    /// Encrypts users' TOTP secrets.
+    pub mfa_sealer: idp::mfa::Sealer,
     pub secrets: secrets::Secrets,
     pub config: ServerConfig,
     pub index: RwLock<Index>,
@@ -79,7 +87,14 @@ impl AppState {
             generated.push(learntrac_secrets::TOKEN_SIGNING_KEY);
         }
         let secrets = secrets::Secrets::new(secret_store, &config)?;
-        let keys = keys::SigningKeys::load(&secrets.role(learntrac_secrets::Role::Idp))?;
+        let idp_secrets = secrets.role(learntrac_secrets::Role::Idp);
+        let keys = keys::SigningKeys::load(&idp_secrets, unix_now(), key_keep_seconds(&config))?;
+        let mfa_sealer = idp::mfa::Sealer::new(idp_secrets.get(learntrac_secrets::MFA_KEY)?.expose())?;
+        let mailer = open_mailer(&config, &idp_secrets)?;
+        let external_keys = match &config.identity.external {
+            Some(external) => Some(auth::ExternalKeys::new(external.clone(), &config.egress)?),
+            None => None,
+        };
         let gateway_secrets = secrets.role(learntrac_secrets::Role::Gateway);
         let address_key = gateway_secrets.get(learntrac_secrets::LOG_ADDRESS_KEY)?;
         let masker = logs::mask::AddressMasker::new(config.log_client_address, address_key.expose().as_bytes());
@@ -109,9 +124,14 @@ impl AppState {
             );
         }
         let index = service::load_index(&store).await?;
+        idp::admin::ensure_cli_client(&store, unix_now()).await?;
         let state = AppState(Arc::new(AppInner {
             store,
-            keys,
+            signing_keys: RwLock::new(Arc::new(keys)),
+            external_keys,
+            sessions: sessions::SessionCache::default(),
+            mailer,
+            mfa_sealer,
             secrets,
             config,
             index: RwLock::new(index),
@@ -140,6 +160,94 @@ impl AppState {
     pub fn now(&self) -> i64 {
         unix_now()
     }
+
+    /// The current signing keys.
+    pub fn keys(&self) -> Arc<keys::SigningKeys> {
+        self.signing_keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the signing keys again from the secrets store on disk, so that
+    /// a rotation by command takes effect, and a retired key leaves the key
+    /// set once its tokens have expired.
+    pub fn reload_keys(&self) -> Result<()> {
+        let store = secrets::open_store(&self.config, false)?;
+        let secrets = secrets::Secrets::new(store, &self.config)?;
+        let loaded = keys::SigningKeys::load(
+            &secrets.role(learntrac_secrets::Role::Idp),
+            unix_now(),
+            key_keep_seconds(&self.config),
+        )?;
+        let mut current = self.signing_keys.write().unwrap_or_else(|p| p.into_inner());
+        let changed = current.current.kid != loaded.current.kid || current.verifying.len() != loaded.verifying.len();
+        if changed {
+            tracing::info!(target: "learntrac::security", kid = %loaded.current.kid, keys = loaded.verifying.len(), "token-signing keys reloaded");
+            *current = Arc::new(loaded);
+        }
+        Ok(())
+    }
+
+    /// Reloads the signing keys every `period` and on SIGHUP.
+    pub fn watch_keys(&self, period: std::time::Duration) {
+        let state = self.clone();
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                #[cfg(unix)]
+                match hangup.as_mut() {
+                    Some(signal) => tokio::select! {
+                        _ = ticks.tick() => {}
+                        _ = signal.recv() => {}
+                    },
+                    None => {
+                        ticks.tick().await;
+                    }
+                }
+                #[cfg(not(unix))]
+                ticks.tick().await;
+                if let Err(error) = state.reload_keys() {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "cannot reload the token-signing keys; the old ones stay"
+                    );
+                }
+            }
+        });
+    }
+}
+
+/// How long a retired signing key stays in the key set: until every token
+/// it signed has expired.
+pub fn key_keep_seconds(config: &ServerConfig) -> i64 {
+    config.access_token_seconds.max(config.identity.id_token_seconds) + config.identity.clock_skew_seconds
+}
+
+/// The mailer of the settings: SMTP, or the outbox file in the data directory.
+pub fn open_mailer(
+    config: &ServerConfig,
+    secrets: &learntrac_secrets::RoleSecrets,
+) -> Result<learntrac_identity::mail::Mailer> {
+    let outbox = config.data_dir.join("mail").join("outbox");
+    let smtp = match &config.identity.smtp {
+        Some(smtp) => {
+            let password = match &smtp.password_secret {
+                Some(name) => Some(
+                    secrets.get(name).with_context(|| format!("smtp.password_secret {name:?}"))?.expose().to_string(),
+                ),
+                None => None,
+            };
+            Some((smtp, password))
+        }
+        None => None,
+    };
+    learntrac_identity::mail::Mailer::new(
+        &config.identity.mail_from,
+        smtp.as_ref().map(|(s, p)| (*s, p.clone())),
+        outbox,
+    )
 }
 
 pub fn unix_now() -> i64 {

@@ -16,7 +16,7 @@ use crate::auth::{AdminPageUser, PageUser, Principal, StaffPageUser};
 use crate::error::ApiError;
 use crate::{graph, service, wiki};
 
-pub fn routes(max_upload_bytes: usize) -> Router<AppState> {
+pub fn routes(max_upload_bytes: usize, state: &AppState) -> Router<AppState> {
     let upload_form = post(upload).layer(axum::extract::DefaultBodyLimit::max(max_upload_bytes));
     Router::new()
         .route("/", get(|| async { Redirect::to("/wiki/WikiStart") }))
@@ -28,7 +28,8 @@ pub fn routes(max_upload_bytes: usize) -> Router<AppState> {
         .route("/roadmap", get(roadmap))
         .route("/admin", get(admin))
         .route("/library", get(library).merge(upload_form))
-        .route_layer(middleware::from_fn(crate::gateway::same_origin_forms))
+        .merge(crate::idp::admin::page_routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), crate::sessions::protect_forms))
 }
 
 /// An [`ApiError`] shown as an HTML page.
@@ -145,18 +146,24 @@ form.inline{display:inline}button.link{background:none;border:none;color:#fff;pa
 pub fn layout(title: &str, user: Option<&Principal>, body: &str) -> Html<String> {
     let account_links = match user {
         Some(u) => format!(
-            "<span class=\"who\">{} · <a href=\"/account/password\">Password</a> · \
+            "<span class=\"who\"><a href=\"/account\">{}</a> · \
              <form method=\"post\" action=\"/logout\" class=\"inline\"><button type=\"submit\" class=\"link\">Sign out</button></form></span>",
             escape(&u.email)
         ),
         None => String::new(),
     };
-    Html(format!(
+    let admin_link = if user.is_some_and(Principal::is_administrator) { "<a href=\"/admin\">Admin</a>" } else { "" };
+    let page = format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · LearnTrac</title><style>{STYLE}</style></head><body><header><strong><a href=\"/\">LearnTrac</a></strong>\
-         <a href=\"/wiki/WikiStart\">Wiki</a><a href=\"/roadmap\">Roadmap</a><a href=\"/library\">Library</a>{account_links}</header><main>{body}</main></body></html>",
+         <a href=\"/wiki/WikiStart\">Wiki</a><a href=\"/roadmap\">Roadmap</a><a href=\"/library\">Library</a>{admin_link}{account_links}</header><main>{body}</main></body></html>",
         escape(title)
-    ))
+    );
+    // Every POST form of a signed-in page carries the session's form token.
+    match user.and_then(|u| u.csrf.as_deref()) {
+        Some(token) => Html(crate::sessions::with_form_tokens(&page, token)),
+        None => Html(page),
+    }
 }
 
 fn status_badge(status: learntrac_store::TicketStatus) -> String {
@@ -489,14 +496,15 @@ async fn admin(State(state): State<AppState>, AdminPageUser(user): AdminPageUser
     for listed in &users {
         let groups: Vec<&str> = listed.groups.iter().map(|g| g.as_str()).collect();
         html.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><a href=\"/admin/users/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            listed.id,
             escape(&listed.email),
             escape(&listed.name),
             escape(&groups.join(", ")),
             if listed.disabled { "disabled" } else { "active" }
         ));
     }
-    html.push_str("</table>");
+    html.push_str("</table><p><a href=\"/admin/clients\">OAuth clients</a></p>");
     Ok(layout("Administration", Some(&user), &html).into_response())
 }
 

@@ -77,9 +77,9 @@ pub async fn problems(config: &ServerConfig, secrets: &SecretStore, store: &Stor
     problems.extend(tagged("administrators", administrators));
     let (database_tls, database_secrets) = database_problems(config);
     problems.extend(tagged("database_tls", database_tls));
-    if config.password_grant {
-        let message = "password_grant is on, and LearnTrac cannot yet require multi-factor authentication for admins; \
-                       set password_grant = false in learntrac.toml (browsers sign in at /login)";
+    if !config.identity.mfa_required_groups.contains(&learntrac_store::Group::Admins) {
+        let message = "admins may sign in without a second factor; set mfa_required_groups = [\"admins\"] under \
+                       [identity] in learntrac.toml";
         problems.extend(tagged("mfa_admins", vec![message.to_string()]));
     }
     problems.extend(tagged("secrets", database_secrets));

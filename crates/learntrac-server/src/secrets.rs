@@ -41,11 +41,11 @@ pub fn open_store_with_next(
     Ok(SecretStore::open(&config.data_dir, keys)?)
 }
 
-/// Creates the secrets LearnTrac generates for itself (the audit key and
-/// the log address key) if they are missing. Returns the names created.
+/// Creates the secrets LearnTrac generates for itself (the audit key, the
+/// log address key and the TOTP encryption key) if they are missing. Returns the names created.
 pub fn ensure_generated_secrets(store: &mut SecretStore, now: i64) -> Result<Vec<&'static str>> {
     let mut created = Vec::new();
-    for name in [learntrac_secrets::AUDIT_KEY, learntrac_secrets::LOG_ADDRESS_KEY] {
+    for name in [learntrac_secrets::AUDIT_KEY, learntrac_secrets::LOG_ADDRESS_KEY, learntrac_secrets::MFA_KEY] {
         if !store.contains(name) && store.put_if_absent(name, &crate::random_token(32), now)? {
             created.push(name);
         }

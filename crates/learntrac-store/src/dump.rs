@@ -33,6 +33,13 @@ pub const TABLES: &[(&str, &str)] = &[
     ("audit_head", "id"),
     ("alerts", "id"),
     ("known_addresses", "user_id, address"),
+    ("recovery_codes", "id"),
+    ("mailed_codes", "user_id, purpose"),
+    ("sign_in_failures", "email"),
+    ("auth_events", "id"),
+    ("sessions", "id_hash"),
+    ("oauth_clients", "client_id"),
+    ("authorization_codes", "code_hash"),
 ];
 
 /// Tables whose rows the migrations create; an import replaces them, and

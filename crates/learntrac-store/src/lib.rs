@@ -6,6 +6,7 @@
 mod alerts;
 mod audit;
 mod dump;
+mod identity;
 mod learning;
 mod library;
 mod users;
@@ -14,6 +15,10 @@ mod wiki;
 pub use alerts::{AlertRecord, Raised};
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, AuditVerification};
 pub use dump::{DumpLine, DumpValue, TABLES};
+pub use identity::{
+    AuthEvent, ClientRecord, CodeCheck, CodeRecord, FailureState, NewRefreshToken, RefreshGrant, RefreshOutcome,
+    SessionRecord, SessionStage,
+};
 pub use learning::{Answer, NewAnswer, NewTicket, PathRecord, PathSummary, Ticket, TicketStatus};
 pub use library::{BookRecord, NewChunk, SectionRecord, StoredChunk};
 pub use users::{Group, User};

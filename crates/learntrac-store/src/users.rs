@@ -53,6 +53,13 @@ pub struct User {
     /// Raised on every password change; tokens name the version they were
     /// issued under.
     pub token_version: i64,
+    pub email_verified: bool,
+    /// The TOTP secret, encrypted; `None` until multi-factor sign-in is set up.
+    pub mfa_secret: Option<String>,
+    /// The last TOTP time step accepted, so that no code works twice.
+    pub mfa_last_step: Option<i64>,
+    /// `issuer subject` of a user known from an external provider's tokens.
+    pub external_subject: Option<String>,
 }
 
 impl fmt::Debug for User {
@@ -61,6 +68,7 @@ impl fmt::Debug for User {
             .field("id", &self.id)
             .field("groups", &self.groups)
             .field("disabled", &self.disabled)
+            .field("mfa", &self.mfa_secret.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -71,7 +79,7 @@ impl User {
     }
 }
 
-fn encode_groups(groups: &[Group]) -> String {
+pub(crate) fn encode_groups(groups: &[Group]) -> String {
     groups.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(",")
 }
 
@@ -79,7 +87,7 @@ fn decode_groups(value: &str) -> Result<Vec<Group>> {
     value.split(',').filter(|g| !g.is_empty()).map(|g| g.parse().map_err(StoreError::Corrupt)).collect()
 }
 
-fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
+pub(crate) fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
     Ok(User {
         id: row.try_get("id")?,
         email: row.try_get("email")?,
@@ -90,11 +98,15 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
         disabled: row.try_get::<i64, _>("disabled")? != 0,
         created_at: row.try_get("created_at")?,
         token_version: row.try_get("token_version")?,
+        email_verified: row.try_get::<i64, _>("email_verified")? != 0,
+        mfa_secret: row.try_get("mfa_secret")?,
+        mfa_last_step: row.try_get("mfa_last_step")?,
+        external_subject: row.try_get("external_subject")?,
     })
 }
 
-const USER_COLUMNS: &str =
-    "id, email, name, password_hash, groups, must_change_password, disabled, created_at, token_version";
+pub(crate) const USER_COLUMNS: &str = "id, email, name, password_hash, groups, must_change_password, disabled, \
+     created_at, token_version, email_verified, mfa_secret, mfa_last_step, external_subject";
 
 impl Store {
     /// Creates a user; the email must be unique (compared in lower case).
@@ -181,14 +193,15 @@ impl Store {
     /// Returns whether a token of `user_id` with id `jti`, issued under
     /// `token_version`, is still accepted: the user exists, is not disabled,
     /// has not changed the password since, and the token was not signed out.
-    pub async fn token_accepted(&self, user_id: i64, jti: &str, token_version: i64) -> Result<bool> {
+    pub async fn token_accepted(&self, user_id: i64, jti: &str, origin: &str, token_version: i64) -> Result<bool> {
         let row = sqlx::query(
             "SELECT u.disabled, u.token_version, \
-             (SELECT COUNT(*) FROM revoked_tokens r WHERE r.jti = $2) AS revoked \
+             (SELECT COUNT(*) FROM revoked_tokens r WHERE r.jti = $2 OR r.jti = $3) AS revoked \
              FROM users u WHERE u.id = $1",
         )
         .bind(user_id)
         .bind(jti)
+        .bind(origin)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
@@ -210,57 +223,6 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// Stores the hash of a new refresh token issued under the user's
-    /// `token_version`.
-    pub async fn insert_refresh_token(
-        &self,
-        token_hash: &str,
-        user_id: i64,
-        token_version: i64,
-        expires_at: i64,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, user_id, token_version, expires_at, revoked, created_at) \
-             VALUES ($1, $2, $3, $4, 0, $5)",
-        )
-        .bind(token_hash)
-        .bind(user_id)
-        .bind(token_version)
-        .bind(expires_at)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Revokes a refresh token and returns its user if it was valid at `now`
-    /// and was issued under the user's current token version (so one issued
-    /// while the password was being changed is refused). Revoking on use
-    /// makes every refresh token single-use.
-    pub async fn consume_refresh_token(&self, token_hash: &str, now: i64) -> Result<Option<i64>> {
-        let row = sqlx::query(
-            "UPDATE refresh_tokens SET revoked = 1 WHERE token_hash = $1 AND revoked = 0 AND expires_at > $2 \
-             RETURNING user_id, token_version",
-        )
-        .bind(token_hash)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let user_id: i64 = row.try_get("user_id")?;
-        let issued_under: i64 = row.try_get("token_version")?;
-        let current = sqlx::query("SELECT token_version FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.try_get::<i64, _>("token_version"))
-            .transpose()?;
-        Ok((current == Some(issued_under)).then_some(user_id))
     }
 }
 
@@ -289,35 +251,28 @@ mod tests {
     async fn password_change_and_sign_out_revoke_tokens() {
         let store = memory_store().await;
         let user = store.create_user("a@b.c", "A", "h", &[Group::Students], false, 0).await.expect("create");
-        assert!(store.token_accepted(user.id, "t1", 0).await.expect("check"));
-        assert!(!store.token_accepted(user.id + 1, "t1", 0).await.expect("check"), "unknown user");
+        assert!(store.token_accepted(user.id, "t1", "f1", 0).await.expect("check"));
+        assert!(!store.token_accepted(user.id + 1, "t1", "f1", 0).await.expect("check"), "unknown user");
 
         store.revoke_token("t1", 100, 20).await.expect("revoke");
-        assert!(!store.token_accepted(user.id, "t1", 0).await.expect("check"), "signed out");
-        assert!(store.token_accepted(user.id, "t2", 0).await.expect("check"));
+        assert!(!store.token_accepted(user.id, "t1", "f1", 0).await.expect("check"), "signed out");
+        assert!(store.token_accepted(user.id, "t2", "f1", 0).await.expect("check"));
 
-        store.insert_refresh_token("r", user.id, 0, 1000, 0).await.expect("insert");
+        let refresh = crate::NewRefreshToken {
+            token_hash: "r",
+            user_id: user.id,
+            token_version: 0,
+            family: "f1",
+            client_id: "cli",
+            scope: "openid",
+            auth_time: 0,
+            expires_at: 1000,
+        };
+        store.insert_refresh_token(&refresh, 0).await.expect("insert");
         assert_eq!(store.set_password(user.id, "h2").await.expect("set"), 1);
-        assert!(!store.token_accepted(user.id, "t2", 0).await.expect("check"), "issued before the change");
-        assert!(store.token_accepted(user.id, "t3", 1).await.expect("check"), "issued after the change");
-        assert_eq!(store.consume_refresh_token("r", 60).await.expect("use"), None, "refresh tokens revoked");
-    }
-
-    #[tokio::test]
-    async fn refresh_tokens_are_single_use() {
-        let store = memory_store().await;
-        let user = store.create_user("a@b.c", "A", "h", &[Group::Students], false, 0).await.expect("create");
-        store.insert_refresh_token("hash", user.id, 0, 100, 0).await.expect("insert");
-        assert_eq!(store.consume_refresh_token("hash", 50).await.expect("use"), Some(user.id));
-        assert_eq!(store.consume_refresh_token("hash", 50).await.expect("reuse"), None);
-        store.insert_refresh_token("old", user.id, 0, 100, 0).await.expect("insert");
-        assert_eq!(store.consume_refresh_token("old", 150).await.expect("expired"), None);
-
-        // Issued under the old version while the password was changing.
-        store.set_password(user.id, "h2").await.expect("set");
-        store.insert_refresh_token("raced", user.id, 0, 100, 0).await.expect("insert");
-        assert_eq!(store.consume_refresh_token("raced", 50).await.expect("use"), None);
-        store.insert_refresh_token("current", user.id, 1, 100, 0).await.expect("insert");
-        assert_eq!(store.consume_refresh_token("current", 50).await.expect("use"), Some(user.id));
+        assert!(!store.token_accepted(user.id, "t2", "f1", 0).await.expect("check"), "issued before the change");
+        assert!(store.token_accepted(user.id, "t3", "f1", 1).await.expect("check"), "issued after the change");
+        let used = store.use_refresh_token("r", "cli", 60, 1000).await.expect("use");
+        assert_eq!(used, crate::RefreshOutcome::Invalid, "refresh tokens revoked");
     }
 }

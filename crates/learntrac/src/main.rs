@@ -6,15 +6,16 @@ mod backups;
 mod observe;
 mod secrets;
 mod settings;
+mod users;
 
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use learntrac_identity::password;
 use learntrac_server::pki::InternalTls;
-use learntrac_server::{AppState, gateway, password};
+use learntrac_server::{AppState, gateway};
 use learntrac_store::Group;
 
 #[derive(Parser)]
@@ -51,9 +52,15 @@ enum Command {
     /// Manage the internal certificate authority between the gateway and the roles.
     #[command(subcommand)]
     Pki(PkiCommand),
-    /// Manage users.
+    /// Manage users: add, list, disable, groups, reset, sign out, unlock, events.
     #[command(subcommand)]
-    User(UserCommand),
+    User(users::UserCommand),
+    /// Register, list and delete OAuth clients.
+    #[command(subcommand)]
+    Client(users::ClientCommand),
+    /// Rotate and show the token-signing keys.
+    #[command(subcommand)]
+    TokenKey(users::TokenKeyCommand),
     /// Add a textbook (PDF, HTML or Markdown) to the library.
     Ingest {
         #[command(flatten)]
@@ -173,36 +180,6 @@ enum PkiCommand {
     },
 }
 
-#[derive(Subcommand)]
-enum UserCommand {
-    /// Create a user.
-    Add {
-        #[command(flatten)]
-        data: DataArgs,
-        #[arg(long)]
-        email: String,
-        /// Display name [default: the part of the email before '@'].
-        #[arg(long)]
-        name: Option<String>,
-        /// Group to join: admins, instructors, students or operators; repeat for several.
-        #[arg(long = "group", required = true)]
-        groups: Vec<String>,
-        /// Read the password from the first line of standard input.
-        #[arg(long, required = true)]
-        password_stdin: bool,
-    },
-    /// Set a user's password and sign the user out everywhere.
-    SetPassword {
-        #[command(flatten)]
-        data: DataArgs,
-        #[arg(long)]
-        email: String,
-        /// Read the new password from the first line of standard input.
-        #[arg(long, required = true)]
-        password_stdin: bool,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers log to files as well, once their settings are known.
@@ -246,10 +223,9 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::User(UserCommand::Add { data, email, name, groups, password_stdin: _ }) => {
-            add_user(data, &email, name, &groups).await
-        }
-        Command::User(UserCommand::SetPassword { data, email, password_stdin: _ }) => set_password(data, &email).await,
+        Command::User(command) => users::run_user(command).await,
+        Command::Client(command) => users::run_client(command).await,
+        Command::TokenKey(command) => users::run_token_key(command).await,
         Command::Ingest { data, file } => ingest(data, &file).await,
         Command::Secret(command) => secrets::run(command).await,
         Command::Backup(command) => backups::run(command).await,
@@ -300,6 +276,13 @@ async fn serve(args: ServeArgs, internal: Option<InternalTlsArgs>) -> Result<()>
     };
 
     let state = AppState::open(config).await?;
+    state.watch_keys(KEY_CHECK);
+    if state.config.identity.smtp.is_none() {
+        tracing::warn!(
+            mail = %state.mailer.describe(),
+            "no SMTP server is configured: sign-up and password-reset mail is written to a file; set [identity.smtp] in learntrac.toml"
+        );
+    }
     learntrac_server::audit::record_settings_change(&state).await;
     if state.config.production {
         check_production(&state).await?;
@@ -320,6 +303,9 @@ async fn serve(args: ServeArgs, internal: Option<InternalTlsArgs>) -> Result<()>
     gateway::serve(gateway, listeners, shutdown_signal()).await
 }
 
+/// How often a server reads the token-signing keys again.
+const KEY_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs one role on its own listener, for a gateway in another process.
 async fn serve_role(role: &'static str, args: RoleArgs) -> Result<()> {
     let config = settings::resolve(&args.data)?;
@@ -330,6 +316,7 @@ async fn serve_role(role: &'static str, args: RoleArgs) -> Result<()> {
         format!("cannot listen on {} for the {role} role; is another server using it?", args.listen)
     })?;
     let state = AppState::open(config).await?;
+    state.watch_keys(KEY_CHECK);
     if state.config.production {
         check_production(&state).await?;
     }
@@ -378,7 +365,7 @@ async fn bootstrap_admin(state: &AppState) -> Result<()> {
     if state.store.count_users().await? > 0 {
         return Ok(());
     }
-    let one_time = password::generate_one_time();
+    let one_time = password::generate_one_time()?;
     let hash = password::hash(&one_time)?;
     let email = state.config.admin_email.clone();
     let user = state.store.create_user(&email, "Administrator", &hash, &[Group::Admins], true, state.now()).await?;
@@ -419,52 +406,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
-}
-
-async fn add_user(data: DataArgs, email: &str, name: Option<String>, groups: &[String]) -> Result<()> {
-    let email = email.trim().to_lowercase();
-    learntrac_server::validate_email(&email).map_err(anyhow::Error::msg)?;
-    let groups: Vec<Group> =
-        groups.iter().map(|g| g.parse::<Group>().map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
-
-    let secret = read_new_password()?;
-    let config = settings::resolve(&data)?;
-    let store = open_database(&config).await?;
-    let hash = password::hash(&secret)?;
-    let name = name.unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_string());
-    let user = store.create_user(&email, &name, &hash, &groups, false, learntrac_server::unix_now()).await?;
-    let group_names: Vec<&str> = groups.iter().map(|g| g.as_str()).collect();
-    let details = format!("groups {}", group_names.join(", "));
-    observe::record_cli_action(&config, "user.create", &format!("user:{}", user.id), &details).await;
-    println!(
-        "created user {} ({}) in {}",
-        user.email,
-        user.id,
-        groups.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ")
-    );
-    Ok(())
-}
-
-/// Reads a password from the first line of standard input and checks the policy.
-fn read_new_password() -> Result<String> {
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
-    let secret = line.trim_end_matches(['\n', '\r']).to_string();
-    password::check_policy(&secret).map_err(|problem| anyhow::anyhow!("{problem}; choose another password"))?;
-    Ok(secret)
-}
-
-async fn set_password(data: DataArgs, email: &str) -> Result<()> {
-    let secret = read_new_password()?;
-    let config = settings::resolve(&data)?;
-    let store = open_database(&config).await?;
-    let Some(user) = store.user_by_email(email).await? else {
-        anyhow::bail!("no user has the email {email:?}; `learntrac user add` creates one");
-    };
-    store.set_password(user.id, &password::hash(&secret)?).await?;
-    observe::record_cli_action(&config, "user.password_set", &format!("user:{}", user.id), "sessions revoked").await;
-    println!("set the password of {}; existing sessions and tokens are revoked", user.email);
-    Ok(())
 }
 
 async fn ingest(data: DataArgs, file: &std::path::Path) -> Result<()> {

@@ -54,6 +54,7 @@ struct FileSettings {
     backup_dir: Option<PathBuf>,
     backup_max_age_hours: Option<i64>,
     gateway: Option<learntrac_server::gateway::settings::GatewaySettings>,
+    identity: Option<learntrac_server::idp::settings::IdentitySettings>,
 }
 
 /// The environment variable that contains the master key itself (base64).
@@ -235,6 +236,12 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
             anyhow::anyhow!("invalid settings in {}: {error}", data.data_dir.join(FILE_NAME).display())
         })?;
         config.gateway = gateway;
+    }
+    if let Some(identity) = file.identity {
+        identity.validate().map_err(|error| {
+            anyhow::anyhow!("invalid [identity] settings in {}: {error}", data.data_dir.join(FILE_NAME).display())
+        })?;
+        config.identity = identity;
     }
     Ok(config)
 }

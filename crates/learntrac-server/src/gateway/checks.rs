@@ -101,7 +101,7 @@ pub(super) async fn checked_forward(
             request_id = %current_request_id(),
             "administration request rejected: client address outside admin_networks"
         );
-        let actor = match signed_in_user(state, &parts.headers) {
+        let actor = match signed_in_user(state, &parts.headers).await {
             Some(user_id) => crate::audit::Actor::User(user_id),
             None => crate::audit::Actor::Anonymous,
         };
@@ -110,7 +110,7 @@ pub(super) async fn checked_forward(
         return Err(ApiError::Forbidden("administration is not allowed from this address".into()));
     }
 
-    check_rate_limits(gateway, &parts, client, &path)?;
+    check_rate_limits(gateway, &parts, client, &path).await?;
 
     let body = if settings.is_upload_path(&path) && parts.method == axum::http::Method::POST {
         inspect(gateway, &parts, &[])?;
@@ -168,7 +168,7 @@ pub(super) async fn checked_forward(
 }
 
 /// Takes one token from each bucket the request counts against.
-fn check_rate_limits(
+async fn check_rate_limits(
     gateway: &Gateway,
     request: &axum::http::request::Parts,
     client: std::net::IpAddr,
@@ -180,7 +180,7 @@ fn check_rate_limits(
     if request.method == axum::http::Method::POST && gateway.settings.is_auth_path(path) {
         checks.push(("auth", limits::BucketKey::Auth(client), limits.auth));
     }
-    if let Some(user_id) = signed_in_user(&gateway.app, &request.headers) {
+    if let Some(user_id) = signed_in_user(&gateway.app, &request.headers).await {
         checks.push(("user", limits::BucketKey::User(user_id), limits.user));
     }
     for (scope, key, bucket) in checks {
@@ -204,13 +204,25 @@ fn check_rate_limits(
 }
 
 /// Returns the user id of the request's bearer token or session cookie
-/// when its signature and claims are valid, so that one user's sessions
-/// share a bucket and no client can spend another user's. Revocation is left
-/// to the role, which rejects the request.
-fn signed_in_user(state: &AppState, headers: &axum::http::HeaderMap) -> Option<i64> {
-    let token =
-        crate::auth::bearer_token(headers).or_else(|| crate::auth::cookie(headers, crate::auth::SESSION_COOKIE))?;
-    state.verified_tokens.user_id(&state.keys, &state.config.public_url, token, state.now())
+/// when it is valid, so that one user's sessions share a bucket and no
+/// client can spend another user's. Both lookups are cached, so the role
+/// that handles the request finds the answer ready.
+async fn signed_in_user(state: &AppState, headers: &axum::http::HeaderMap) -> Option<i64> {
+    if let Some(token) = crate::auth::bearer_token(headers) {
+        let skew = state.config.identity.clock_skew_seconds;
+        if let Some(user_id) = state.verified_tokens.cached_user(token, skew, state.now()) {
+            return Some(user_id);
+        }
+        return match crate::auth::authenticate(state, token, "gateway").await {
+            Ok(Some(crate::auth::Caller::User(principal))) => Some(principal.user_id),
+            _ => None,
+        };
+    }
+    if let Some(user_id) = state.sessions.cached_user(headers) {
+        return Some(user_id);
+    }
+    let found = crate::sessions::current(state, headers, learntrac_store::SessionStage::Active).await;
+    found.ok().flatten().map(|(_, user)| user.id)
 }
 
 /// Content types a raw upload may declare: the file formats the library

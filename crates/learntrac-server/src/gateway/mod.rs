@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -382,31 +382,6 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
         "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     ),
 ];
-
-/// Rejects a form post whose `Origin` is not this site, on top of the
-/// SameSite=Strict session cookie, against cross-site request forgery.
-/// The site is the request's authority: the `:authority` pseudo-header in
-/// HTTP/2, the `Host` header in HTTP/1.1. A post without `Origin` (from a
-/// script rather than a browser) passes.
-pub async fn same_origin_forms(request: Request, next: Next) -> Response {
-    if request.method() == axum::http::Method::POST {
-        if let Some(origin) = request.headers().get(header::ORIGIN) {
-            let authority = request
-                .uri()
-                .authority()
-                .map(|a| a.as_str().to_string())
-                .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
-            let expected = authority.map(|a| format!("https://{a}"));
-            let origin = origin.to_str().unwrap_or("");
-            if expected.as_deref() != Some(origin) {
-                tracing::warn!(target: "learntrac::security", origin, expected = expected.as_deref().unwrap_or("-"), "cross-site form post rejected");
-                return crate::pages::PageError(ApiError::Forbidden("cross-site form posts are not accepted".into()))
-                    .into_response();
-            }
-        }
-    }
-    next.run(request).await
-}
 
 /// A fixed-window request limit per key (an address and a route).
 #[derive(Default)]

@@ -30,8 +30,8 @@ pub fn router(state: AppState, role: &str, standalone: bool) -> Router {
                 api::upload_routes(max_upload).merge(api::routes()).route_layer(middleware::from_fn(record_route)),
             )
             .fallback(api_not_found),
-        "idp" => idp::routes().fallback(page_not_found),
-        _ => pages::routes(max_upload).fallback(page_not_found),
+        "idp" => idp::routes(&state).fallback(page_not_found),
+        _ => pages::routes(max_upload, &state).fallback(page_not_found),
     };
     let mut routes = routes
         .route_layer(middleware::from_fn(record_route))

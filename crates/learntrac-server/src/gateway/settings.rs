@@ -189,6 +189,7 @@ impl Default for GatewaySettings {
                 route("/login", "idp"),
                 route("/logout", "idp"),
                 route("/account", "idp"),
+                route("/signup", "idp"),
             ],
             upstreams: BTreeMap::new(),
             admin_networks: vec![

@@ -145,7 +145,7 @@ async fn pages_redirect_to_sign_in() {
     let response = server
         .client
         .get(server.url("/wiki/WikiStart"))
-        .header("cookie", "lt_session=forged")
+        .header("cookie", "__Host-lt_session=forged")
         .send()
         .await
         .expect("page");
@@ -170,12 +170,14 @@ async fn pages_redirect_to_sign_in() {
         .http1_only()
         .build()
         .expect("client");
+    let token = server.csrf(&cookie).await;
     for client in [&server.client, &http1] {
-        for (path, form) in [
+        for (path, mut form) in [
             ("/paths/preview", vec![("goal", "vectors")]),
             ("/account/password", vec![("current", PASSWORD), ("new_password", "Other-pass-99!")]),
             ("/logout", vec![]),
         ] {
+            form.push(("csrf", token.as_str()));
             for origin in ["https://evil.example", "null", &format!("http://localhost:{}", server.https_port)] {
                 let response = client
                     .post(server.url(path))
@@ -196,7 +198,26 @@ async fn pages_redirect_to_sign_in() {
             .send()
             .await
             .expect("post");
-        assert_eq!(response.status(), 200, "same-origin posts pass");
+        assert_eq!(response.status(), 403, "a form without its token is refused");
+        for wrong in ["", "forged-token-forged-token-forged"] {
+            let response = client
+                .post(server.url("/paths/preview"))
+                .header("cookie", &cookie)
+                .form(&[("goal", "vectors"), ("csrf", wrong)])
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(response.status(), 403, "a form with a wrong token is refused");
+        }
+        let response = client
+            .post(server.url("/paths/preview"))
+            .header("cookie", &cookie)
+            .header("origin", server.base.as_str())
+            .form(&[("goal", "vectors"), ("csrf", token.as_str())])
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), 200, "same-origin posts with the session's token pass");
     }
     let response = server.client.get(server.url("/wiki/WikiStart")).send().await.expect("page");
     assert_eq!(response.version(), reqwest::Version::HTTP_2, "the gateway speaks HTTP/2");
@@ -206,11 +227,13 @@ async fn pages_redirect_to_sign_in() {
 async fn sign_in_redirect_stays_on_site() {
     let server = Server::start().await;
     server.add_user("learner@example.org", "students");
+    let (form_cookie, token) = server.anonymous_form("/login").await;
     for next in ["/\t/evil.example", "//evil.example", "https://evil.example/", "/\n/x", "/\\evil"] {
         let response = server
             .client
             .post(server.url("/login"))
-            .form(&[("username", "learner@example.org"), ("password", PASSWORD), ("next", next)])
+            .header("cookie", &form_cookie)
+            .form(&[("username", "learner@example.org"), ("password", PASSWORD), ("next", next), ("csrf", &token)])
             .send()
             .await
             .expect("sign in");
@@ -235,40 +258,42 @@ async fn first_administrator_must_change_password() {
     let body: Value = response.json().await.expect("json");
     assert!(body["error_description"].as_str().expect("description").contains("changed"), "{body}");
 
+    let (form_cookie, token) = server.anonymous_form("/login").await;
     let response = server
         .client
         .post(server.url("/login"))
-        .form(&[("username", "admin@localhost"), ("password", one_time.as_str()), ("next", "/roadmap")])
+        .header("cookie", &form_cookie)
+        .form(&[
+            ("username", "admin@localhost"),
+            ("password", one_time.as_str()),
+            ("next", "/roadmap"),
+            ("csrf", &token),
+        ])
         .send()
         .await
         .expect("sign in");
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/account/password");
-    let cookie = response.headers()["set-cookie"].to_str().expect("ascii").split(';').next().expect("pair").to_string();
+    let cookie = crate::harness::set_cookie(&response, "__Host-lt_session").expect("session cookie");
     let roadmap = server.client.get(server.url("/roadmap")).header("cookie", &cookie).send().await.expect("page");
     assert_eq!(roadmap.headers()["location"], "/account/password", "nothing else until the password is changed");
 
-    let weak = server
-        .client
-        .post(server.url("/account/password"))
-        .header("cookie", &cookie)
-        .form(&[("current", one_time.as_str()), ("new_password", "weak")])
-        .send()
-        .await
-        .expect("change");
+    let weak =
+        server.post_form(&cookie, "/account/password", &[("current", &one_time), ("new_password", "weak")]).await;
     assert_eq!(weak.status(), 400);
     assert!(weak.text().await.expect("html").contains("upper-case"));
 
     let changed = server
-        .client
-        .post(server.url("/account/password"))
-        .header("cookie", &cookie)
-        .form(&[("current", one_time.as_str()), ("new_password", "New-Admin-Pass-9")])
-        .send()
-        .await
-        .expect("change");
+        .post_form(&cookie, "/account/password", &[("current", &one_time), ("new_password", "New-Admin-Pass-9")])
+        .await;
     assert_eq!(changed.status(), 303);
-    assert_eq!(server.token_response("admin@localhost", "New-Admin-Pass-9").await.status(), 200);
+    // Admins must also set up a second factor before they get tokens.
+    let fresh = server.token_response("admin@localhost", "New-Admin-Pass-9").await;
+    assert_eq!(fresh.status(), 400);
+    let body: Value = fresh.json().await.expect("json");
+    assert!(body["error_description"].as_str().expect("description").contains("multi-factor"), "{body}");
+    let account = server.client.get(server.url("/roadmap")).header("cookie", &cookie).send().await.expect("page");
+    assert_eq!(account.status(), 303, "the old session ended with the password change");
     assert_eq!(
         server.token_response("admin@localhost", &one_time).await.status(),
         400,
@@ -287,8 +312,7 @@ async fn password_change_and_sign_out_end_sessions() {
     let session = server.sign_in("learner@example.org", PASSWORD).await;
 
     // Signing out revokes that session, not only the browser's cookie.
-    let response =
-        server.client.post(server.url("/logout")).header("cookie", &old_session).send().await.expect("sign out");
+    let response = server.post_form(&old_session, "/logout", &[]).await;
     assert_eq!(response.status(), 303);
     let page = server.client.get(server.url("/roadmap")).header("cookie", &old_session).send().await.expect("page");
     assert_eq!(page.status(), 303, "a copy of a signed-out cookie is refused");
@@ -297,13 +321,8 @@ async fn password_change_and_sign_out_end_sessions() {
 
     // A password change signs the user out everywhere.
     let changed = server
-        .client
-        .post(server.url("/account/password"))
-        .header("cookie", &session)
-        .form(&[("current", PASSWORD), ("new_password", "Brand-new-pass-7")])
-        .send()
-        .await
-        .expect("change");
+        .post_form(&session, "/account/password", &[("current", PASSWORD), ("new_password", "Brand-new-pass-7")])
+        .await;
     assert_eq!(changed.status(), 303);
     let (status, _) = server.get_json(&access, "/api/v1/me").await;
     assert_eq!(status, 401, "access tokens issued before the change are refused");

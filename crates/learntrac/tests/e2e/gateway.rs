@@ -353,14 +353,8 @@ async fn filtering_rules_spare_learner_text() {
     // Wiki text about HTML passes too.
     server.add_user("teacher@example.org", "instructors");
     let cookie = server.sign_in("teacher@example.org", PASSWORD).await;
-    let response = server
-        .client
-        .post(server.url("/wiki/HtmlNotes"))
-        .header("cookie", &cookie)
-        .form(&[("text", "= HTML =\nUse <b>bold</b>; never trust <script>alert(1)</script> from users.")])
-        .send()
-        .await
-        .expect("wiki save");
+    let text = "= HTML =\nUse <b>bold</b>; never trust <script>alert(1)</script> from users.";
+    let response = server.post_form(&cookie, "/wiki/HtmlNotes", &[("text", text)]).await;
     assert_eq!(response.status(), 303, "wiki text about HTML is saved");
 
     // Every match is logged with its rule id.
@@ -448,7 +442,8 @@ async fn administration_only_from_allowed_ranges() {
     server.add_user("learner@example.org", "students");
     server.write_settings("[gateway]\nadmin_networks = [\"10.0.0.0/8\", \"fd00::/8\"]\n");
     server.serve().await;
-    let token = server.token("root@example.org").await;
+    let (secret, _) = server.enrol_mfa("root@example.org").await;
+    let token = server.mfa_token("root@example.org", &secret, 1).await;
     let (status, body) = server.get_json(&token, "/api/v1/admin/users").await;
     assert_eq!(status, 403, "{body}");
     let cookie = server.sign_in("root@example.org", PASSWORD).await;
@@ -472,7 +467,8 @@ async fn administration_only_from_allowed_ranges() {
     server.add_user("root@example.org", "admins");
     server.add_user("learner@example.org", "students");
     server.serve().await;
-    let token = server.token("root@example.org").await;
+    let (secret, _) = server.enrol_mfa("root@example.org").await;
+    let token = server.mfa_token("root@example.org", &secret, 1).await;
     let (status, body) = server.get_json(&token, "/api/v1/admin/users").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["users"].as_array().map(Vec::len), Some(2));
@@ -685,7 +681,10 @@ async fn roles_in_separate_processes_behind_one_gateway() {
     let request_id = response.headers()["x-request-id"].to_str().expect("ascii").to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idp_log = idp.output();
-    let line = idp_log.lines().find(|l| l.contains("password check failed")).expect("the idp logs the failure");
+    let line = idp_log
+        .lines()
+        .find(|l| l.contains("auth event") && l.contains("unknown_account"))
+        .expect("the idp logs the failure");
     assert!(line.contains("127.0.0.1"), "{line}");
     assert!(!line.contains("10.9.9.9"), "{line}");
     let served = idp_log.lines().find(|l| l.contains("request served for the gateway") && l.contains(&request_id));

@@ -375,19 +375,128 @@ impl Server {
         self.client.post(url).bearer_auth(token).body(body).send().await.expect("upload")
     }
 
-    /// Signs in through the form and returns the session cookie (`lt_session=…`).
+    /// Signs in through the form and returns the session cookie
+    /// (`__Host-lt_session=…`).
     pub async fn sign_in(&self, email: &str, password: &str) -> String {
+        let (form_cookie, token) = self.anonymous_form("/login").await;
         let response = self
             .client
             .post(self.url("/login"))
-            .form(&[("username", email), ("password", password), ("next", "/wiki/WikiStart")])
+            .header("cookie", &form_cookie)
+            .form(&[("username", email), ("password", password), ("next", "/wiki/WikiStart"), ("csrf", &token)])
             .send()
             .await
             .expect("sign in");
         assert_eq!(response.status(), 303, "sign-in redirects");
-        let cookie = response.headers().get("set-cookie").expect("session cookie").to_str().expect("ascii").to_string();
-        cookie.split(';').next().expect("cookie pair").to_string()
+        set_cookie(&response, "__Host-lt_session").expect("session cookie")
     }
+
+    /// Opens an anonymous form page and returns its form cookie pair and
+    /// the token its forms carry.
+    pub async fn anonymous_form(&self, path: &str) -> (String, String) {
+        let response = self.client.get(self.url(path)).send().await.expect("form page");
+        let cookie = set_cookie(&response, "__Host-lt_form").expect("form cookie");
+        let html = response.text().await.expect("form page body");
+        (cookie, form_token(&html).expect("form token"))
+    }
+
+    /// Returns the form token of a signed-in session, from a page every
+    /// session may open.
+    pub async fn csrf(&self, session: &str) -> String {
+        let response =
+            self.client.get(self.url("/account/password")).header("cookie", session).send().await.expect("page");
+        form_token(&response.text().await.expect("password page")).expect("form token")
+    }
+
+    /// Signs `email` in with [`PASSWORD`], turns on TOTP through the account
+    /// pages as a user would, and returns the secret (base32) with the
+    /// recovery codes shown.
+    pub async fn enrol_mfa(&self, email: &str) -> (String, Vec<String>) {
+        let session = self.sign_in(email, PASSWORD).await;
+        let page = self.client.get(self.url("/account/mfa")).header("cookie", &session).send().await.expect("mfa page");
+        let html = page.text().await.expect("mfa page");
+        let secret = between(&html, "id=\"totp-secret\">", "</code>").expect("secret on the page");
+        let sealed = between(&html, "name=\"sealed\" value=\"", "\"").expect("sealed secret");
+        let issued = between(&html, "name=\"issued\" value=\"", "\"").expect("issue time");
+        let code = totp_code(&secret, 0);
+        let response = self
+            .post_form(&session, "/account/mfa", &[("sealed", &sealed), ("issued", &issued), ("code", &code)])
+            .await;
+        assert_eq!(response.status(), 200, "enrolment");
+        let html = response.text().await.expect("codes");
+        let list = between(&html, "id=\"recovery-codes\">", "</ul>").expect("recovery codes");
+        let codes = list.split("<code>").skip(1).filter_map(|item| item.split("</code>").next()).map(String::from);
+        (secret, codes.collect())
+    }
+
+    /// Requests tokens with the password grant and a second factor.
+    pub async fn token_with_code(&self, email: &str, code: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/oauth2/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", "learntrac-cli"),
+                ("username", email),
+                ("password", PASSWORD),
+                ("mfa_code", code),
+            ])
+            .send()
+            .await
+            .expect("token request")
+    }
+
+    /// Returns an access token for a user with TOTP, using the code of the
+    /// time step `steps` after the current one (each step's code works once).
+    pub async fn mfa_token(&self, email: &str, secret: &str, steps: i64) -> String {
+        let response = self.token_with_code(email, &totp_code(secret, steps)).await;
+        assert_eq!(response.status(), 200, "token for {email}");
+        let body: Value = response.json().await.expect("token JSON");
+        body["access_token"].as_str().expect("access_token").to_string()
+    }
+
+    /// Posts a form as the signed-in `session`, with its form token.
+    pub async fn post_form(&self, session: &str, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let token = self.csrf(session).await;
+        let mut fields = fields.to_vec();
+        fields.push(("csrf", &token));
+        self.client.post(self.url(path)).header("cookie", session).form(&fields).send().await.expect("form post")
+    }
+}
+
+/// Returns the `name=value` pair of cookie `name` set by `response`.
+pub fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().to_string())
+        .find(|pair| pair.starts_with(&format!("{name}=")))
+}
+
+/// The TOTP code of `secret` for the time step `steps` after the current one.
+pub fn totp_code(secret: &str, steps: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    learntrac_identity::totp::TotpSecret::from_base32(secret).expect("base32 secret").code_at(now + 30 * steps)
+}
+
+/// The text between `start` and the next `end` in `text`.
+pub fn between(text: &str, start: &str, end: &str) -> Option<String> {
+    let from = text.find(start)? + start.len();
+    let to = text[from..].find(end)? + from;
+    Some(text[from..to].to_string())
+}
+
+/// Returns the form token in a page: a hidden `csrf` field or the `csrf`
+/// query parameter of a multipart form's action.
+pub fn form_token(html: &str) -> Option<String> {
+    let start = html
+        .find("name=\"csrf\" value=\"")
+        .map(|i| i + "name=\"csrf\" value=\"".len())
+        .or_else(|| html.find("?csrf=").map(|i| i + "?csrf=".len()))?;
+    let rest = &html[start..];
+    let end = rest.find(['"', '&'])?;
+    Some(rest[..end].to_string())
 }
 
 /// A role process started by [`Server::spawn_role`]; killed when dropped.

@@ -206,9 +206,10 @@ async fn instructor_uploads_markdown_book() {
     let form = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"book\"; filename=\"graphs.html\"\r\nContent-Type: text/html\r\n\r\n{html_book}\r\n--{boundary}--\r\n"
     );
+    let token = server.csrf(&cookie).await;
     let response = server
         .client
-        .post(server.url("/library"))
+        .post(server.url(&format!("/library?csrf={token}")))
         .header("cookie", &cookie)
         .header("content-type", format!("multipart/form-data; boundary={boundary}"))
         .body(form)
@@ -285,14 +286,7 @@ async fn instructors_edit_wiki_pages() {
     let start = server.client.get(server.url("/wiki/WikiStart")).header("cookie", &learner).send().await.expect("page");
     assert_eq!(start.status(), 200);
     let text = "= R course =\nStart with '''vectors'''.\n\n[[LearningPath]]\n<script>x</script>";
-    let saved = server
-        .client
-        .post(server.url("/wiki/WikiStart"))
-        .header("cookie", &teacher)
-        .form(&[("text", text)])
-        .send()
-        .await
-        .expect("save");
+    let saved = server.post_form(&teacher, "/wiki/WikiStart", &[("text", text)]).await;
     assert_eq!(saved.status(), 303);
     let page = server.client.get(server.url("/wiki/WikiStart")).header("cookie", &learner).send().await.expect("page");
     let html = page.text().await.expect("html");
@@ -302,14 +296,7 @@ async fn instructors_edit_wiki_pages() {
     assert!(!html.contains("<script>x"), "wiki text is escaped");
     assert!(!html.contains("action=edit"), "learners get no edit link");
 
-    let denied = server
-        .client
-        .post(server.url("/wiki/WikiStart"))
-        .header("cookie", &learner)
-        .form(&[("text", "defaced")])
-        .send()
-        .await
-        .expect("save");
+    let denied = server.post_form(&learner, "/wiki/WikiStart", &[("text", "defaced")]).await;
     assert_eq!(denied.status(), 403);
     let missing =
         server.client.get(server.url("/wiki/NoSuchPage")).header("cookie", &learner).send().await.expect("page");

@@ -8,6 +8,7 @@ mod browser;
 mod database;
 mod gateway;
 mod harness;
+mod identity;
 mod input;
 mod learning;
 mod observability;

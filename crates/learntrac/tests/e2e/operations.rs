@@ -234,7 +234,7 @@ async fn backup_restores_identical_data() {
     let create_again = target.cli(&["backup", "create", "--out", again.to_str().expect("utf-8")], "");
     assert!(create_again.status.success(), "{}", stderr(&create_again));
     let lines_before = table_lines(&stdout(&verify));
-    assert_eq!(lines_before.len(), 14, "{lines_before:?}");
+    assert_eq!(lines_before.len(), 21, "{lines_before:?}");
     assert_eq!(lines_before, table_lines(&stdout(&create_again)), "restored data differs");
 
     let get = target.cli(&["secret", "get", "smtp-password"], "");
@@ -401,7 +401,6 @@ async fn production_mode_rejects_development_setup() {
         "production mode cannot start",
         "development one LearnTrac generates",
         "no user exists",
-        "password_grant is on",
         "secret \"smtp-password\" has a development value",
     ] {
         assert!(message.contains(expected), "missing {expected:?} in:\n{message}");
@@ -450,6 +449,7 @@ pub fn production_settings(server: &mut Server, top_level: &str) -> String {
              [secret_policy]\ntrac = [\"db-password\"]\napi = [\"db-password\"]\nidp = [\"db-password\"]\n",
         );
     }
+    settings.push_str("[identity]\nmfa_required_groups = [\"admins\"]\n");
     settings
 }
 
