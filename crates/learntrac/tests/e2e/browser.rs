@@ -208,3 +208,82 @@ async fn learner_takes_a_path_in_chromium() {
 
     browser.command(reqwest::Method::DELETE, "", None).await;
 }
+
+/// The TOTP code `steps` time steps from now, for a secret shown on a page.
+fn code_for(secret: &str, steps: i64) -> String {
+    crate::harness::totp_code(secret, steps)
+}
+
+#[tokio::test]
+async fn a_new_user_signs_up_and_uses_totp_in_chromium() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let mut server = Server::new().await;
+    let smtp = learntrac_identity::testing::TestSmtpServer::start(None).await.expect("SMTP listener");
+    server.write_settings(&format!(
+        "[identity]\nmail_from = \"LearnTrac <noreply@example.org>\"\n\
+         [identity.smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\n",
+        smtp.addr().port()
+    ));
+    server.serve().await;
+
+    // Sign up, then read the code from the mail that reached the SMTP listener.
+    browser.go(&server.url("/login")).await;
+    browser.click("a[href='/signup']").await;
+    browser.type_into("input[name=name]", "Grace Hopper").await;
+    browser.type_into("input[name=email]", "grace@example.org").await;
+    browser.type_into("input[name=password]", "Compiler-Pioneer-1952").await;
+    browser.click("form[action='/signup'] button").await;
+    browser.wait_for_text("Verify your email address").await;
+    let mail = smtp.wait_for(1, Duration::from_secs(10)).await.expect("verification mail");
+    let body = mail[0].data.split_once("\r\n\r\n").map_or(mail[0].data.as_str(), |(_, body)| body);
+    let code: String = body
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|run| run.len() == 8)
+        .expect("an 8-digit code in the mail")
+        .to_string();
+    browser.type_into("input[name=code]", &code).await;
+    browser.click("form[action='/signup/confirm'] button").await;
+    browser.wait_for_text("Your email address is verified").await;
+
+    // Sign in and set up TOTP from the key shown next to the QR code.
+    browser.type_into("input[name=username]", "grace@example.org").await;
+    browser.type_into("input[name=password]", "Compiler-Pioneer-1952").await;
+    browser.click("form[action='/login'] button").await;
+    browser.wait_for_text("What do you want to learn?").await;
+    browser.go(&server.url("/account/mfa")).await;
+    let page = browser.wait_for_text("totp-secret").await;
+    assert!(page.contains("<svg"), "the QR code is on the page");
+    let secret = page
+        .split("id=\"totp-secret\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</code>").next())
+        .expect("the key on the page")
+        .to_string();
+    browser.type_into("form[action='/account/mfa'] input[name=code]", &code_for(&secret, 0)).await;
+    browser.click("form[action='/account/mfa'] button").await;
+    browser.wait_for_text("recovery-codes").await;
+
+    // Sign out, then sign in with the password and a code.
+    browser.go(&server.url("/account")).await;
+    browser.click("form[action='/logout'] button").await;
+    browser.wait_for_text("You are signed out").await;
+    browser.type_into("input[name=username]", "grace@example.org").await;
+    browser.type_into("input[name=password]", "Compiler-Pioneer-1952").await;
+    browser.click("form[action='/login'] button").await;
+    browser.wait_for_text("Second factor").await;
+    browser.type_into("input[name=code]", &code_for(&secret, 1)).await;
+    browser.click("form[action='/login/mfa'] button").await;
+    browser.wait_for_text("What do you want to learn?").await;
+
+    // Sign out everywhere ends this browser's session.
+    browser.go(&server.url("/account")).await;
+    let page = browser.wait_for_text("Recent activity").await;
+    assert!(page.contains("mfa_enable") && page.contains("sign_in"), "the account page lists auth events");
+    browser.click("#sign-out-everywhere").await;
+    browser.wait_for_text("You are signed out on every device").await;
+    browser.go(&server.url("/roadmap")).await;
+    browser.find("input[name=username]").await;
+    browser.command(reqwest::Method::DELETE, "", None).await;
+}
