@@ -666,7 +666,22 @@ async fn external_caller(state: &AppState, claims: &TokenClaims) -> Result<Optio
     let fallback = || format!("{}@{host}", claims.username.as_deref().unwrap_or(&claims.sub));
     let email = claims.email.clone().unwrap_or_else(fallback);
     let name = claims.name.clone().or_else(|| claims.username.clone()).unwrap_or_else(|| claims.sub.clone());
-    let user = state.store.external_user(&subject, &email, &name, state.now()).await?;
+    let user = match state.store.external_user(&subject, &email, &name, state.now()).await {
+        Ok(user) => user,
+        Err(learntrac_store::StoreError::Conflict(_)) => {
+            tracing::warn!(
+                target: "learntrac::security",
+                sub = %claims.sub,
+                "token rejected: its email belongs to an account of the built-in user pool"
+            );
+            return Ok(None);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if user.disabled {
+        tracing::warn!(target: "learntrac::security", user_id = user.id, "token rejected: the user is disabled");
+        return Ok(None);
+    }
     Ok(Some(Caller::User(Principal {
         user_id: user.id,
         email: user.email,
