@@ -1,5 +1,6 @@
-//! The JSON API under `/api/v1`. Every handler takes an [`ApiUser`] or an
-//! [`ApiCaller`], so every call needs a valid bearer token.
+//! The JSON API under `/api/v1`. Every handler but the OpenAPI document
+//! takes an [`ApiUser`] or an [`ApiCaller`], so every other call needs a
+//! valid bearer token.
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
@@ -125,19 +126,7 @@ async fn upload_book(
 /// Lists the user pool for admins and operators.
 async fn admin_users(State(state): State<AppState>, AdminApiUser(_): AdminApiUser) -> ApiResult<Json<Value>> {
     let users = state.store.list_users().await?;
-    let users: Vec<Value> = users
-        .iter()
-        .map(|user| {
-            json!({
-                "id": user.id,
-                "email": user.email,
-                "name": user.name,
-                "groups": user.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
-                "disabled": user.disabled,
-                "created_at": user.created_at,
-            })
-        })
-        .collect();
+    let users: Vec<Value> = users.iter().map(crate::idp::admin::user_json).collect();
     Ok(Json(json!({ "users": users })))
 }
 
@@ -330,7 +319,20 @@ mod tests {
             ("/api/v1/tickets/{id}", "get"),
             ("/api/v1/tickets/{id}/answers", "get"),
             ("/api/v1/tickets/{id}/answers", "post"),
+            ("/api/v1/admin/users", "get"),
+            ("/api/v1/admin/users/{id}", "get"),
+            ("/api/v1/admin/users/{id}", "patch"),
+            ("/api/v1/admin/users/{id}", "delete"),
+            ("/api/v1/admin/users/{id}/events", "get"),
+            ("/api/v1/admin/users/{id}/{action}", "post"),
+            ("/api/v1/admin/clients", "get"),
+            ("/api/v1/admin/clients", "post"),
+            ("/api/v1/admin/clients/{id}", "delete"),
+            ("/oauth2/authorize", "get"),
             ("/oauth2/token", "post"),
+            ("/oauth2/userInfo", "get"),
+            ("/oauth2/userInfo", "post"),
+            ("/oauth2/revoke", "post"),
         ] {
             assert!(document["paths"][path][method].is_object(), "{method} {path} is not documented");
         }

@@ -72,7 +72,7 @@ pub struct IssuedClaims {
     pub ver: Option<i64>,
 }
 
-/// What a grant issues tokens for.
+/// The client, scope and family that a grant issues tokens for.
 pub struct Grant<'a> {
     pub client_id: &'a str,
     pub scope: &'a str,
@@ -123,7 +123,8 @@ pub fn issue_access(
     sign(keys, &claims)
 }
 
-/// Signs an ID token for `user`, for the client of `grant`.
+/// Signs an ID token for `user`, for the client of `grant`. The address
+/// needs the `email` scope and the name the `profile` scope.
 pub fn issue_id(
     keys: &SigningKeys,
     issuer: &str,
@@ -132,13 +133,15 @@ pub fn issue_id(
     lifetime: i64,
     now: i64,
 ) -> anyhow::Result<String> {
+    let scopes: Vec<&str> = grant.scope.split(' ').collect();
+    let email = scopes.contains(&"email");
     let claims = IssuedClaims {
         aud: Some(grant.client_id.to_string()),
         token_use: Some(TokenUse::Id),
         auth_time: Some(grant.auth_time),
-        email: Some(user.email.clone()),
-        email_verified: Some(user.email_verified),
-        name: Some(user.name.clone()),
+        email: email.then(|| user.email.clone()),
+        email_verified: email.then_some(user.email_verified),
+        name: scopes.contains(&"profile").then(|| user.name.clone()),
         groups: Some(user.groups.clone()),
         nonce: grant.nonce.filter(|n| !n.is_empty()).map(str::to_string),
         ..base_claims(issuer, user.id.to_string(), lifetime, now)
@@ -209,13 +212,13 @@ pub struct TokenClaims {
     pub username: Option<String>,
 }
 
-/// Where the keys that verify a token come from.
+/// The source of the keys that verify a token.
 pub enum KeySource<'a> {
     BuiltIn(&'a SigningKeys),
     External(&'a [VerifyingKey]),
 }
 
-/// What a verifier accepts: the issuer, the clients, the groups claim.
+/// The issuer, clients and groups claim that a verifier accepts.
 pub struct Expectations<'a> {
     pub issuer: &'a str,
     /// Empty accepts any client.
@@ -354,8 +357,8 @@ fn check_time(exp: i64, nbf: i64, skew: i64, now: i64) -> Result<(), TokenReject
     Ok(())
 }
 
-/// The least time between two fetches of an external key set, so that
-/// tokens with made-up key ids cannot make LearnTrac hammer the provider.
+/// The minimum time between two fetches of an external key set, so that
+/// tokens with made-up key ids cannot make LearnTrac flood the provider.
 const JWKS_REFETCH: Duration = Duration::from_secs(30);
 
 /// An external provider's key set, fetched when a token names a key id
@@ -526,7 +529,7 @@ impl RevocationCache {
         entries.insert(jti.to_string(), (Instant::now(), accepted));
     }
 
-    /// Forgets every cached answer, after a sign-out or a change of rights.
+    /// Forgets every cached result, after a sign-out or a change of rights.
     pub fn clear(&self) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -568,6 +571,11 @@ impl VerifiedTokens {
             entries.clear();
         }
         entries.insert(VerifiedTokens::key(token), (claims, user_id));
+    }
+
+    /// Returns the scopes of a token verified before and still in time.
+    pub(crate) fn cached_scopes(&self, token: &str, skew: i64, now: i64) -> Option<Vec<String>> {
+        Some(self.get(token, skew, now)?.ok()?.0.scopes)
     }
 
     /// Returns the user id of a token verified before and still in time,
@@ -624,13 +632,24 @@ pub async fn authenticate(state: &AppState, token: &str, source: &str) -> Result
     let Some(caller) = caller else {
         return Ok(None);
     };
+    if let Caller::Service { client_id, .. } = &caller {
+        if !service_token_accepted(state, client_id, &claims.jti).await? {
+            tracing::warn!(
+                target: "learntrac::security",
+                source,
+                client_id,
+                "token rejected: revoked, or its client is no longer registered"
+            );
+            return Ok(None);
+        }
+    }
     if let Caller::User(principal) = &caller {
         if !token_still_accepted(state, principal.user_id, &claims).await? {
             tracing::warn!(
                 target: "learntrac::security",
                 source,
                 user_id = principal.user_id,
-                "token rejected: revoked, signed out everywhere since, or user disabled or deleted"
+                "token rejected: revoked, signed out everywhere since, its client deleted, or user disabled or deleted"
             );
             return Ok(None);
         }
@@ -693,11 +712,27 @@ async fn external_caller(state: &AppState, claims: &TokenClaims) -> Result<Optio
     })))
 }
 
+async fn service_token_accepted(state: &AppState, client_id: &str, jti: &str) -> Result<bool, ApiError> {
+    if let Some(accepted) = state.revocations.get(jti) {
+        return Ok(accepted);
+    }
+    let generation = state.revocations.generation();
+    let accepted = state.store.service_token_accepted(client_id, jti).await?;
+    state.revocations.put(jti, accepted, generation);
+    Ok(accepted)
+}
+
 async fn token_still_accepted(state: &AppState, user_id: i64, claims: &TokenClaims) -> Result<bool, ApiError> {
     if let Some(accepted) = state.revocations.get(&claims.jti) {
         return Ok(accepted);
     }
     let generation = state.revocations.generation();
+    // A deleted client's tokens stop with it; an external provider's
+    // clients are not registered here.
+    if state.external_keys.is_none() && !state.store.client_registered(&claims.client_id).await? {
+        state.revocations.put(&claims.jti, false, generation);
+        return Ok(false);
+    }
     // External tokens carry no version: the provider that issued them
     // decides their sign-out, and LearnTrac checks the user and the jti.
     let version = if state.external_keys.is_some() {

@@ -70,8 +70,8 @@ impl SessionCache {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// The user of a session looked up recently, without asking the
-    /// database; the gateway's per-user limits use it.
+    /// Returns the user of a session looked up recently, without querying
+    /// the database; the gateway's per-user limits use it.
     pub fn cached_user(&self, headers: &HeaderMap) -> Option<i64> {
         let id = cookie(headers, SESSION_COOKIE)?;
         self.get(&crate::sha256_hex(id)).map(|(_, user)| user.id)
@@ -212,7 +212,7 @@ pub async fn end(state: &AppState, headers: &HeaderMap) -> Result<Option<i64>, A
     Ok(record.map(|r| r.user_id))
 }
 
-/// The `Set-Cookie` value of a session; an empty value with age 0 deletes it.
+/// Builds the `Set-Cookie` value of a session; an empty value with age 0 deletes it.
 pub fn session_cookie(value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
     set_cookie(SESSION_COOKIE, value, max_age, "Lax")
 }
@@ -222,8 +222,8 @@ fn set_cookie(name: &str, value: &str, max_age: i64, same_site: &str) -> Result<
     HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(anyhow::anyhow!("invalid cookie: {e}")))
 }
 
-/// The form token of a browser without a session: the one in its form
-/// cookie, or a new one with the `Set-Cookie` value that stores it.
+/// Returns the form token of a browser without a session: the one in its
+/// form cookie, or a new one with the `Set-Cookie` value that stores it.
 pub fn anonymous_form_token(headers: &HeaderMap) -> Result<(String, Option<HeaderValue>), ApiError> {
     if let Some(token) = cookie(headers, FORM_COOKIE)
         .filter(|t| t.len() >= 32 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
@@ -335,7 +335,7 @@ pub async fn protect_forms(
     next.run(Request::from_parts(parts, body)).await
 }
 
-/// Whether the Origin header, when sent, names this site; a mismatch is logged.
+/// Returns whether the Origin header, when sent, names this site; a mismatch is logged.
 fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;

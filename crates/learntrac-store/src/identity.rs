@@ -94,7 +94,7 @@ pub struct RefreshGrant {
     pub auth_time: i64,
 }
 
-/// What presenting a refresh token found.
+/// The result of presenting a refresh token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefreshOutcome {
     /// The token was valid and is now used.
@@ -106,7 +106,7 @@ pub enum RefreshOutcome {
     Invalid,
 }
 
-/// What a mailed code check found.
+/// The result of checking a mailed code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodeCheck {
     /// The code matched and is used up.
@@ -125,7 +125,7 @@ pub struct AuthEvent {
     pub event: String,
     /// `success` or `failure`.
     pub outcome: String,
-    /// Why it failed (`wrong_password`, `locked`, …); empty on success.
+    /// The reason of a failure (`wrong_password`, `locked`, …); empty on success.
     pub reason: String,
     pub client_address: String,
     pub user_agent: String,
@@ -200,7 +200,7 @@ impl Store {
         user_from_row(&row)
     }
 
-    /// Returns the user an external provider knows as `subject`, creating
+    /// Returns the user an external provider identifies as `subject`, creating
     /// one (no password, in no group) on first sight. Groups come from each
     /// token, not from this row.
     pub async fn external_user(&self, subject: &str, email: &str, name: &str, now: i64) -> Result<crate::User> {
@@ -473,7 +473,7 @@ impl Store {
         Ok(())
     }
 
-    /// The newest `limit` events of a user, newest first.
+    /// Returns the newest `limit` events of a user, newest first.
     pub async fn auth_events(&self, user_id: i64, limit: i64) -> Result<Vec<AuthEvent>> {
         let rows = sqlx::query(
             "SELECT user_id, at, event, outcome, reason, client_address, user_agent, client_id FROM auth_events \
@@ -730,6 +730,29 @@ impl Store {
         }
         sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family = $1").bind(family).execute(&self.pool).await?;
         self.revoke_token(family, expires_at, now).await
+    }
+
+    /// Returns whether a service account's token is still accepted: its
+    /// client is registered and the token was not revoked.
+    pub async fn service_token_accepted(&self, client_id: &str, jti: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM oauth_clients WHERE client_id = $1) AS registered, \
+             (SELECT COUNT(*) FROM revoked_tokens WHERE jti = $2) AS revoked",
+        )
+        .bind(client_id)
+        .bind(jti)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("registered")? > 0 && row.try_get::<i64, _>("revoked")? == 0)
+    }
+
+    /// Returns whether `client_id` is registered.
+    pub async fn client_registered(&self, client_id: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM oauth_clients WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
     /// Finds the family of a refresh token of `client_id`, for revocation.

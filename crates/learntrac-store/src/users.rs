@@ -192,7 +192,8 @@ impl Store {
 
     /// Returns whether a token of `user_id` with id `jti`, issued under
     /// `token_version`, is still accepted: the user exists, is not disabled,
-    /// has not changed the password since, and the token was not signed out.
+    /// has not been signed out everywhere since, and neither the token nor
+    /// its refresh-token family `origin` was revoked.
     pub async fn token_accepted(&self, user_id: i64, jti: &str, origin: &str, token_version: i64) -> Result<bool> {
         let row = sqlx::query(
             "SELECT u.disabled, u.token_version, \

@@ -54,7 +54,7 @@ pub enum UserCommand {
         #[command(flatten)]
         data: DataArgs,
         email: String,
-        /// Most events to show.
+        /// Maximum number of events to show.
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
@@ -144,7 +144,7 @@ pub enum ClientCommand {
 #[derive(Subcommand)]
 pub enum TokenKeyCommand {
     /// Replace the token-signing key. The old key stays in the key set
-    /// until the tokens it signed have expired; running servers pick up the
+    /// until the tokens it signed have expired. Running servers pick up the
     /// change within 30 seconds, or at once on SIGHUP.
     Rotate {
         #[command(flatten)]
@@ -205,7 +205,7 @@ pub async fn run_user(command: UserCommand) -> Result<()> {
     Ok(())
 }
 
-/// The mailer of the settings, with the SMTP password from the secrets store.
+/// Opens the mailer of the settings, with the SMTP password from the secrets store.
 fn mailer(config: &learntrac_server::ServerConfig) -> Result<learntrac_identity::mail::Mailer> {
     let store = learntrac_server::secrets::open_store(config, true)?;
     let secrets = learntrac_server::secrets::Secrets::new(store, config)?;

@@ -39,7 +39,7 @@ pub async fn account_page(State(state): State<AppState>, PageUser(user): PageUse
     Ok(layout("Your account", Some(&user), &body))
 }
 
-/// A table of auth events, for the account page and the administration screens.
+/// Formats a table of auth events, for the account page and the administration screens.
 pub fn events_table(events: &[learntrac_store::AuthEvent]) -> String {
     if events.is_empty() {
         return "<p>No sign-in activity yet.</p>".into();
@@ -181,7 +181,7 @@ pub struct SignUpForm {
 }
 
 /// Creates an unverified account and mails a code. An address that has an
-/// account already gets the same answer (and a code if it is unverified),
+/// account already gets the same response (and a code if it is unverified),
 /// so that sign-up does not reveal who has an account.
 pub async fn sign_up(
     State(state): State<AppState>,
@@ -316,7 +316,7 @@ pub struct ForgotForm {
     email: String,
 }
 
-/// Mails a reset code if the address has an enabled account, and answers
+/// Mails a reset code if the address has an enabled account, and responds
 /// the same either way.
 pub async fn forgot(
     State(state): State<AppState>,

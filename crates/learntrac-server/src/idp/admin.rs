@@ -1,8 +1,8 @@
 //! Administration of the user pool and the OAuth clients, as pages under
 //! `/admin` and as API routes under `/api/v1/admin`. Admins and operators
-//! may look; operators may also manage users (disable, enable, unlock,
-//! reset, sign out); changing groups, deleting users and managing clients
-//! need an admin.
+//! may read everything. Operators may also disable, enable, unlock, reset
+//! and sign out users. Changing groups, deleting users and managing
+//! clients need an admin.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -42,7 +42,7 @@ fn require_admin(principal: &Principal) -> Result<(), ApiError> {
     if principal.is(Group::Admins) { Ok(()) } else { Err(ApiError::Forbidden("only admins may do this".into())) }
 }
 
-fn user_json(user: &User) -> Value {
+pub fn user_json(user: &User) -> Value {
     json!({
         "id": user.id,
         "email": user.email,
@@ -60,12 +60,17 @@ async fn find_user(state: &AppState, id: i64) -> Result<User, ApiError> {
     state.store.user_by_id(id).await?.ok_or_else(|| ApiError::NotFound(format!("user {id}")))
 }
 
+/// Reads a user id from the path, as the rest of the API does.
+async fn user_from_path(state: &AppState, raw: &str) -> Result<User, ApiError> {
+    find_user(state, crate::api::parse_id(raw, "user")?).await
+}
+
 async fn api_user(
     State(state): State<AppState>,
     AdminApiUser(_): AdminApiUser,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let user = find_user(&state, id).await?;
+    let user = user_from_path(&state, &id).await?;
     let mut body = user_json(&user);
     body["locked_until"] = state.store.sign_in_failures(&user.email).await?.locked_until.into();
     Ok(Json(body))
@@ -74,10 +79,10 @@ async fn api_user(
 async fn api_events(
     State(state): State<AppState>,
     AdminApiUser(_): AdminApiUser,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    find_user(&state, id).await?;
-    Ok(Json(json!({ "events": state.store.auth_events(id, 200).await? })))
+    let user = user_from_path(&state, &id).await?;
+    Ok(Json(json!({ "events": state.store.auth_events(user.id, 200).await? })))
 }
 
 #[derive(Deserialize)]
@@ -87,20 +92,18 @@ struct UserUpdate {
     groups: Option<Vec<String>>,
 }
 
-/// Takes `action` on user `id` as `actor`: checks the actor's rights, keeps
-/// an admin from locking themselves out, applies it, clears this process's
-/// caches and records it in the audit trail.
-async fn act(state: &AppState, actor: &Principal, id: i64, action: AdminAction) -> Result<String, ApiError> {
+/// Checks that `actor` may take `action` on `user`: the actor's groups
+/// allow it, and no admin locks themselves out.
+fn check_action(actor: &Principal, user: &User, action: &AdminAction) -> Result<(), ApiError> {
     if !action.allowed_for_operators() {
         require_admin(actor)?;
     } else if !actor.is(Group::Admins) && !actor.is(Group::Operators) {
         return Err(ApiError::Forbidden("only admins and operators may manage users".into()));
     }
-    let user = find_user(state, id).await?;
     if user.id == actor.user_id && matches!(action, AdminAction::Disable | AdminAction::Delete) {
         return Err(ApiError::Conflict("you cannot disable or delete your own account".into()));
     }
-    if let AdminAction::SetGroups(groups) = &action
+    if let AdminAction::SetGroups(groups) = action
         && user.id == actor.user_id
         && !groups.contains(&Group::Admins)
     {
@@ -109,64 +112,77 @@ async fn act(state: &AppState, actor: &Principal, id: i64, action: AdminAction) 
     if user.in_group(Group::Admins) && !actor.is(Group::Admins) {
         return Err(ApiError::Forbidden("only admins may manage an admin's account".into()));
     }
-    let summary =
-        pool::apply(&state.store, &state.mailer, &user, &action, state.config.identity.code_minutes, state.now())
-            .await?;
-    pool::forget_cached(state);
-    let target = format!("user:{}", user.id);
-    crate::audit::record(
-        state,
-        crate::audit::Actor::User(actor.user_id),
-        action.audit_name(),
-        &target,
-        "success",
-        &summary,
-    )
-    .await;
-    tracing::info!(target: "learntrac::security", actor = actor.user_id, user_id = user.id, action = action.audit_name(), "user administered");
-    Ok(summary)
+    Ok(())
+}
+
+/// Takes actions on `user` as `actor` once every one of them is allowed,
+/// clears this process's caches, and records each in the audit trail.
+async fn act(
+    state: &AppState,
+    actor: &Principal,
+    user: &User,
+    actions: &[AdminAction],
+) -> Result<Vec<String>, ApiError> {
+    for action in actions {
+        check_action(actor, user, action)?;
+    }
+    let mut done = Vec::new();
+    for action in actions {
+        let code_minutes = state.config.identity.code_minutes;
+        let summary = pool::apply(&state.store, &state.mailer, user, action, code_minutes, state.now()).await?;
+        pool::forget_cached(state);
+        let target = format!("user:{}", user.id);
+        let actor_id = crate::audit::Actor::User(actor.user_id);
+        crate::audit::record(state, actor_id, action.audit_name(), &target, "success", &summary).await;
+        tracing::info!(target: "learntrac::security", actor = actor.user_id, user_id = user.id, action = action.audit_name(), "user administered");
+        done.push(summary);
+    }
+    Ok(done)
 }
 
 async fn api_update_user(
     State(state): State<AppState>,
     AdminApiUser(actor): AdminApiUser,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     crate::api::JsonBody(update): crate::api::JsonBody<UserUpdate>,
 ) -> ApiResult<Json<Value>> {
-    let mut done = Vec::new();
+    let user = user_from_path(&state, &id).await?;
+    let mut actions = Vec::new();
     if let Some(groups) = update.groups {
         let action =
             AdminAction::parse("groups", Some(&groups)).map_err(|e| ApiError::bad_request("invalid_groups", e))?;
-        done.push(act(&state, &actor, id, action).await?);
+        actions.push(action);
     }
     if let Some(disabled) = update.disabled {
-        let action = if disabled { AdminAction::Disable } else { AdminAction::Enable };
-        done.push(act(&state, &actor, id, action).await?);
+        actions.push(if disabled { AdminAction::Disable } else { AdminAction::Enable });
     }
-    let user = find_user(&state, id).await?;
+    let done = act(&state, &actor, &user, &actions).await?;
+    let user = find_user(&state, user.id).await?;
     Ok(Json(json!({ "user": user_json(&user), "done": done })))
 }
 
 async fn api_delete_user(
     State(state): State<AppState>,
     AdminApiUser(actor): AdminApiUser,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    act(&state, &actor, id, AdminAction::Delete).await?;
+    let user = user_from_path(&state, &id).await?;
+    act(&state, &actor, &user, &[AdminAction::Delete]).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn api_action(
     State(state): State<AppState>,
     AdminApiUser(actor): AdminApiUser,
-    Path((id, action)): Path<(i64, String)>,
+    Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let action = match action.as_str() {
         "sign-out" | "reset-password" | "unlock" | "disable" | "enable" => AdminAction::parse(&action, None),
         other => Err(format!("unknown action {other:?}; use sign-out, reset-password, unlock, disable or enable")),
     }
-    .map_err(ApiError::NotFound)?;
-    Ok(Json(json!({ "done": act(&state, &actor, id, action).await? })))
+    .map_err(|e| ApiError::bad_request("invalid_action", e))?;
+    let user = user_from_path(&state, &id).await?;
+    Ok(Json(json!({ "done": act(&state, &actor, &user, &[action]).await? })))
 }
 
 /// A client to register.
@@ -190,7 +206,7 @@ pub struct NewClient {
 const GRANTS: &[&str] = &["authorization_code", "refresh_token", "client_credentials"];
 const SCOPES: &[&str] = &["openid", "email", "profile", crate::auth::SCOPE_READ, crate::auth::SCOPE_WRITE];
 
-/// An address a client may name: https, or http on a loopback host for
+/// Checks an address a client registers: https, or http on a loopback host for
 /// programs on the user's own machine (RFC 8252), with no fragment.
 fn valid_client_uri(uri: &str) -> bool {
     let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
@@ -208,7 +224,7 @@ pub async fn register_client(
     new: NewClient,
     now: i64,
 ) -> Result<(ClientRecord, Option<String>), ApiError> {
-    let bad = |message: String| ApiError::bad_request("invalid_client", message);
+    let bad = |message: String| ApiError::bad_request("invalid_client_metadata", message);
     let id = new.client_id.trim();
     if id.is_empty()
         || id.len() > 64
@@ -347,13 +363,13 @@ async fn api_delete_client(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// One user's page: details, actions and sign-in history.
+/// Shows one user's page: details, actions and sign-in history.
 async fn user_page(
     State(state): State<AppState>,
     AdminPageUser(actor): AdminPageUser,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let user = find_user(&state, id).await?;
+    let user = user_from_path(&state, &id).await?;
     Ok(layout(&user.email, Some(&actor), &user_page_body(&state, &user, None).await?).into_response())
 }
 
@@ -409,19 +425,20 @@ struct ActionForm {
 async fn page_action(
     State(state): State<AppState>,
     AdminPageUser(actor): AdminPageUser,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     PageForm(form): PageForm<ActionForm>,
 ) -> Result<Response, PageError> {
     let groups: Option<Vec<String>> =
         form.groups.map(|g| g.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
     let action =
         AdminAction::parse(&form.action, groups.as_deref()).map_err(|e| ApiError::bad_request("invalid_action", e))?;
+    let user = user_from_path(&state, &id).await?;
     let deleted = action == AdminAction::Delete;
-    let summary = act(&state, &actor, id, action).await?;
+    let summary = act(&state, &actor, &user, &[action]).await?.join("; ");
     if deleted {
         return Ok(Redirect::to("/admin").into_response());
     }
-    let user = find_user(&state, id).await?;
+    let user = find_user(&state, user.id).await?;
     let message = format!("Done: {summary}.");
     Ok(layout(&user.email, Some(&actor), &user_page_body(&state, &user, Some(&message)).await?).into_response())
 }

@@ -53,7 +53,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .merge(forms)
 }
 
-/// Where a request came from, for auth events and the security log.
+/// The client address and user agent of a request, for auth events and the security log.
 pub struct Origin {
     pub peer: SocketAddr,
     /// The address as the log settings show it (hashed by default).
@@ -129,8 +129,9 @@ fn limit_sign_in(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
     result
 }
 
-/// A page for a browser that may have no session: the form token of its
-/// form cookie goes into every form, and the cookie is set if it was missing.
+/// Renders a page for a browser that may have no session: the form token
+/// of its form cookie goes into every form, and the cookie is set if it
+/// was missing.
 fn anonymous_page(headers: &HeaderMap, status: StatusCode, title: &str, body: &str) -> Result<Response, ApiError> {
     let (token, set_cookie) = crate::sessions::anonymous_form_token(headers)?;
     let html = crate::pages::layout(title, None, body).0;
@@ -141,12 +142,12 @@ fn anonymous_page(headers: &HeaderMap, status: StatusCode, title: &str, body: &s
     Ok(response)
 }
 
-/// An alert paragraph for a form, or nothing.
+/// Formats an alert paragraph for a form, or nothing.
 fn alert(message: Option<&str>) -> String {
     message.map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(m))).unwrap_or_default()
 }
 
-/// A notice paragraph for a form, or nothing.
+/// Formats a notice paragraph for a form, or nothing.
 fn notice(message: Option<&str>) -> String {
     message.map(|m| format!("<p class=\"notice\" role=\"status\">{}</p>", escape(m))).unwrap_or_default()
 }

@@ -122,9 +122,9 @@ pub struct AuthorizeQuery {
     nonce: Option<String>,
 }
 
-/// A problem with the client or its redirect address, shown on a page:
-/// sending the browser to an unchecked address would make LearnTrac an
-/// open redirector.
+/// Shows a problem with the client or its redirect address on a page,
+/// because sending the browser to an unchecked address would make
+/// LearnTrac an open redirector.
 fn authorize_page_error(message: String) -> Response {
     crate::pages::PageError(ApiError::bad_request("invalid_authorization_request", message)).into_response()
 }
@@ -142,8 +142,8 @@ fn redirect_error(redirect_uri: &str, error: &str, description: &str, state: Opt
     Redirect::to(&target).into_response()
 }
 
-/// Checks that every scope asked for is allowed to the client; no scope
-/// asks for all of them.
+/// Checks that every requested scope is allowed to the client. A request
+/// without a scope gets all of the client's scopes.
 fn granted_scope(client: &ClientRecord, asked: Option<&str>) -> Result<String, String> {
     let asked: Vec<&str> = asked.unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
     if asked.is_empty() {
@@ -362,6 +362,12 @@ pub async fn token(
     let Some(grant_type) = request.grant_type.as_deref() else {
         return Err(OAuthError::new("invalid_request", "grant_type is missing"));
     };
+    if !GRANT_TYPES.contains(&grant_type) {
+        return Err(OAuthError::new(
+            "unsupported_grant_type",
+            format!("grant_type {grant_type:?} is not supported; use one of {}", GRANT_TYPES.join(", ")),
+        ));
+    }
     if !client.grants.iter().any(|g| g == grant_type) {
         return Err(OAuthError::new(
             "unauthorized_client",
@@ -376,15 +382,12 @@ pub async fn token(
         "password" => password_grant(&state, &origin, &client, &request).await,
         "authorization_code" => code_grant(&state, &origin, &client, &request).await,
         "refresh_token" => refresh_grant(&state, &origin, &client, &request).await,
-        "client_credentials" => service_grant(&state, &origin, &client, &request).await,
-        other => Err(OAuthError::new(
-            "unsupported_grant_type",
-            format!(
-                "grant_type {other:?} is not supported; use authorization_code, refresh_token or client_credentials"
-            ),
-        )),
+        _ => service_grant(&state, &origin, &client, &request).await,
     }
 }
+
+/// The grants the token endpoint supports.
+const GRANT_TYPES: &[&str] = &["authorization_code", "refresh_token", "client_credentials", "password"];
 
 async fn password_grant(
     state: &AppState,
@@ -449,7 +452,7 @@ async fn password_grant(
     let family = crate::random_token(12);
     let grant =
         Grant { client_id: &client.client_id, scope: &scope, auth_time: state.now(), family: &family, nonce: None };
-    Ok(no_store(issue_tokens(state, &user, &grant).await?))
+    Ok(no_store(issue_tokens(state, client, &user, &grant).await?))
 }
 
 /// Checks a PKCE verifier against the S256 challenge (RFC 7636 4.6).
@@ -493,10 +496,10 @@ async fn code_grant(
         nonce: Some(&record.nonce),
     };
     record_event(state, origin, Some(user.id), "token", None, &client.client_id).await;
-    Ok(no_store(issue_tokens(state, &user, &grant).await?))
+    Ok(no_store(issue_tokens(state, client, &user, &grant).await?))
 }
 
-/// The user of a grant, if they may still have tokens.
+/// Returns the user of a grant, if they may still have tokens.
 async fn usable_user(state: &AppState, user_id: i64) -> Result<User, OAuthError> {
     match state.store.user_by_id(user_id).await? {
         Some(user) if !user.disabled && !user.must_change_password && user.email_verified => Ok(user),
@@ -547,7 +550,7 @@ async fn refresh_grant(
         family: &grant.family,
         nonce: None,
     };
-    Ok(no_store(issue_tokens(state, &user, &issue).await?))
+    Ok(no_store(issue_tokens(state, client, &user, &issue).await?))
 }
 
 async fn service_grant(
@@ -571,37 +574,39 @@ async fn service_grant(
 }
 
 /// Issues an access token, an ID token when `openid` was granted, and the
-/// next refresh token of the grant's family.
-async fn issue_tokens(state: &AppState, user: &User, grant: &Grant<'_>) -> Result<serde_json::Value, ApiError> {
+/// next refresh token of the grant's family when the client may refresh.
+async fn issue_tokens(
+    state: &AppState,
+    client: &ClientRecord,
+    user: &User,
+    grant: &Grant<'_>,
+) -> Result<serde_json::Value, ApiError> {
     let now = state.now();
     let issuer = &state.config.public_url;
     let keys = state.keys();
     let lifetime = state.config.access_token_seconds;
     let access = auth::issue_access(&keys, issuer, user, grant, lifetime, now)?;
-    let refresh = crate::random_token(32);
-    state
-        .store
-        .insert_refresh_token(
-            &NewRefreshToken {
-                token_hash: &crate::sha256_hex(&refresh),
-                user_id: user.id,
-                token_version: user.token_version,
-                family: grant.family,
-                client_id: grant.client_id,
-                scope: grant.scope,
-                auth_time: grant.auth_time,
-                expires_at: now + state.config.refresh_token_seconds,
-            },
-            now,
-        )
-        .await?;
     let mut body = serde_json::json!({
         "access_token": access,
-        "refresh_token": refresh,
         "token_type": "Bearer",
         "expires_in": lifetime,
         "scope": grant.scope,
     });
+    if client.grants.iter().any(|g| g == "refresh_token") {
+        let refresh = crate::random_token(32);
+        let record = NewRefreshToken {
+            token_hash: &crate::sha256_hex(&refresh),
+            user_id: user.id,
+            token_version: user.token_version,
+            family: grant.family,
+            client_id: grant.client_id,
+            scope: grant.scope,
+            auth_time: grant.auth_time,
+            expires_at: now + state.config.refresh_token_seconds,
+        };
+        state.store.insert_refresh_token(&record, now).await?;
+        body["refresh_token"] = refresh.into();
+    }
     if grant.scope.split(' ').any(|s| s == "openid") {
         let id_lifetime = state.config.identity.id_token_seconds;
         body["id_token"] = auth::issue_id(&keys, issuer, user, grant, id_lifetime, now)?.into();
@@ -609,7 +614,8 @@ async fn issue_tokens(state: &AppState, user: &User, grant: &Grant<'_>) -> Resul
     Ok(body)
 }
 
-/// Returns the profile of the user of a bearer access token.
+/// Returns the profile of the user of a bearer access token granted
+/// `openid`: the address with the `email` scope, the name with `profile`.
 pub async fn user_info(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let Some(token) = auth::bearer_token(&headers) else {
         return Err(ApiError::Unauthorized);
@@ -618,19 +624,26 @@ pub async fn user_info(State(state): State<AppState>, headers: HeaderMap) -> Res
     let Caller::User(principal) = caller else {
         return Err(ApiError::Forbidden("a service account has no user profile".into()));
     };
+    let skew = state.config.identity.clock_skew_seconds;
+    let scopes = state.verified_tokens.cached_scopes(token, skew, state.now()).unwrap_or_default();
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err(ApiError::Forbidden("user info needs a token granted the openid scope".into()));
+    }
     let user = state.store.user_by_id(principal.user_id).await?.ok_or(ApiError::InvalidToken)?;
-    Ok(no_store(serde_json::json!({
-        "sub": user.id.to_string(),
-        "email": user.email,
-        "email_verified": user.email_verified,
-        "name": user.name,
-        "groups": principal.groups,
-    })))
+    let mut body = serde_json::json!({ "sub": user.id.to_string(), "groups": principal.groups });
+    if scopes.iter().any(|s| s == "email") {
+        body["email"] = user.email.into();
+        body["email_verified"] = user.email_verified.into();
+    }
+    if scopes.iter().any(|s| s == "profile") {
+        body["name"] = user.name.into();
+    }
+    Ok(no_store(body))
 }
 
 /// Revokes a refresh token (with its family and the access tokens issued
 /// from it) or an access token of the calling client (RFC 7009). Unknown
-/// tokens get 200 as well, as the RFC asks.
+/// tokens get 200 as well, as the RFC requires.
 pub async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,

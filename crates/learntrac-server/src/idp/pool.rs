@@ -11,9 +11,9 @@ use super::{Origin, record_event};
 use crate::AppState;
 use crate::error::ApiError;
 
-/// Why a password check failed. Only the log and the user's event history
-/// see it; the client is told the same thing whatever it was, except that
-/// an unverified address is named once the password matched.
+/// The reason a password check failed. Only the log and the user's event
+/// history record it; the client gets the same response whatever it was,
+/// except that an unverified address is named once the password matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
     UnknownAccount,
@@ -44,7 +44,7 @@ pub const NO_PASSWORD: &str = "!";
 
 /// Checks an email and password. The same Argon2 work is done whether or
 /// not the account exists, and failures are counted per address whether or
-/// not it exists, so neither timing nor lockout tells which addresses have
+/// not it exists, so neither timing nor lockout reveals which addresses have
 /// accounts. From the `slow_after_failures`-th failure each attempt waits a
 /// little longer; the `lock_after_failures`-th locks the address for
 /// `lock_minutes`, during which even the right password fails.
@@ -133,7 +133,7 @@ pub async fn count_failure(
     Ok(())
 }
 
-/// What a mailed code is for.
+/// The purpose of a mailed code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodePurpose {
     VerifyEmail,
@@ -203,7 +203,7 @@ pub enum AdminAction {
 }
 
 impl AdminAction {
-    /// The audit action name.
+    /// Returns the action's name in the audit trail.
     pub fn audit_name(&self) -> &'static str {
         match self {
             AdminAction::Disable => "user.disable",
@@ -216,7 +216,7 @@ impl AdminAction {
         }
     }
 
-    /// Whether operators may take it; changing groups and deleting need an admin.
+    /// Returns whether operators may take it; changing groups and deleting need an admin.
     pub fn allowed_for_operators(&self) -> bool {
         !matches!(self, AdminAction::Delete | AdminAction::SetGroups(_))
     }
@@ -277,8 +277,9 @@ pub async fn apply(
             )
         }
         AdminAction::ForceReset => {
-            store.force_password_reset(user.id).await?;
+            // The code goes out first, so a mail failure leaves the password as it was.
             mail_code(store, mailer, user, CodePurpose::ResetPassword, code_minutes, now).await?;
+            store.force_password_reset(user.id).await?;
             format!("removed the password of {}, ended their sessions and mailed a reset code", user.email)
         }
         AdminAction::SignOut => {
@@ -292,7 +293,7 @@ pub async fn apply(
     })
 }
 
-/// Forgets every cached session and token answer in this process, after
+/// Forgets every cached session and token check in this process, after
 /// an action that changes who may do what.
 pub fn forget_cached(state: &AppState) {
     state.sessions.clear();

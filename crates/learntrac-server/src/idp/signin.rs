@@ -130,7 +130,7 @@ fn mfa_body(next: &str, message: Option<&str>) -> String {
     )
 }
 
-/// The page of a session between the password and the second factor.
+/// Renders the page of a session between the password and the second factor.
 async fn mfa_session_page(
     state: &AppState,
     headers: &HeaderMap,
@@ -196,8 +196,8 @@ pub struct SignOutQuery {
     state: Option<String>,
 }
 
-/// The browser's destination after signing out: `/login`, or an address
-/// the named client registered for it.
+/// Returns the browser's destination after signing out: `/login`, or an
+/// address the named client registered for it.
 async fn sign_out_target(state: &AppState, query: &SignOutQuery) -> Result<Result<String, String>, ApiError> {
     let uri = query.logout_uri.as_deref().or(query.post_logout_redirect_uri.as_deref());
     let Some(uri) = uri else {

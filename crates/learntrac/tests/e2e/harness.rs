@@ -336,17 +336,21 @@ impl Server {
 
     /// Requests tokens with the password grant and returns the whole response.
     pub async fn token_response(&self, email: &str, password: &str) -> reqwest::Response {
-        self.client
-            .post(self.url("/oauth2/token"))
-            .form(&[
-                ("grant_type", "password"),
-                ("client_id", "learntrac-cli"),
-                ("username", email),
-                ("password", password),
-            ])
-            .send()
-            .await
-            .expect("token request")
+        self.password_grant(email, password, None).await
+    }
+
+    /// Requests tokens with the password grant and, when given, a second factor.
+    pub async fn password_grant(&self, email: &str, password: &str, mfa_code: Option<&str>) -> reqwest::Response {
+        let mut form = vec![
+            ("grant_type", "password"),
+            ("client_id", "learntrac-cli"),
+            ("username", email),
+            ("password", password),
+        ];
+        if let Some(code) = mfa_code {
+            form.push(("mfa_code", code));
+        }
+        self.client.post(self.url("/oauth2/token")).form(&form).send().await.expect("token request")
     }
 
     /// Returns an access token for a user created with [`PASSWORD`].
@@ -431,18 +435,7 @@ impl Server {
 
     /// Requests tokens with the password grant and a second factor.
     pub async fn token_with_code(&self, email: &str, code: &str) -> reqwest::Response {
-        self.client
-            .post(self.url("/oauth2/token"))
-            .form(&[
-                ("grant_type", "password"),
-                ("client_id", "learntrac-cli"),
-                ("username", email),
-                ("password", PASSWORD),
-                ("mfa_code", code),
-            ])
-            .send()
-            .await
-            .expect("token request")
+        self.password_grant(email, PASSWORD, Some(code)).await
     }
 
     /// Returns an access token for a user with TOTP, using the code of the

@@ -580,13 +580,44 @@ async fn service_accounts_use_client_credentials_within_their_scopes() {
     let other_grant = server
         .client
         .post(server.url("/oauth2/token"))
-        .basic_auth("indexer", Some(secret))
+        .basic_auth("indexer", Some(secret.clone()))
         .form(&[("grant_type", "password"), ("username", "a@example.org"), ("password", "x")])
         .send()
         .await
         .expect("token");
     assert_eq!(other_grant.status(), 400);
     assert_eq!(other_grant.json::<Value>().await.expect("json")["error"], "unauthorized_client");
+    let unknown_grant = server
+        .client
+        .post(server.url("/oauth2/token"))
+        .basic_auth("indexer", Some(secret.clone()))
+        .form(&[("grant_type", "implicit")])
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(unknown_grant.json::<Value>().await.expect("json")["error"], "unsupported_grant_type");
+
+    // A service account's token can be revoked, and ends with its client.
+    let revoke = server
+        .client
+        .post(server.url("/oauth2/revoke"))
+        .basic_auth("indexer", Some(secret.clone()))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoke.status(), 200);
+    assert_eq!(server.get_json(&token, "/api/v1/books").await.0, 401, "a revoked token stops at once");
+    let fresh: Value = token_request(secret).await.json().await.expect("json");
+    let fresh = fresh["access_token"].as_str().expect("access").to_string();
+    assert_eq!(server.get_json(&fresh, "/api/v1/books").await.0, 200);
+    let delete = server.cli(&["client", "delete", "indexer"], "");
+    assert!(delete.status.success(), "{}", stderr(&delete));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.get_json(&fresh, "/api/v1/books").await.0 != 401 {
+        assert!(std::time::Instant::now() < deadline, "a deleted client's token still works");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test]
