@@ -21,6 +21,10 @@ use crate::keys::{SigningKeys, VerifyingKey};
 /// The first-party public client that scripts use with the password grant.
 pub const CLI_CLIENT_ID: &str = "learntrac-cli";
 
+/// Scope a client needs for a user's token to call the API as that user.
+pub const SCOPE_API: &str = "learntrac/api";
+/// Scope a client needs, besides [`SCOPE_API`], for the administration API.
+pub const SCOPE_ADMIN: &str = "learntrac/admin";
 /// Scope of service accounts that read the library and search it.
 pub const SCOPE_READ: &str = "learntrac/read";
 /// Scope of service accounts that add books.
@@ -177,7 +181,7 @@ pub enum TokenRejection {
     Algorithm(String),
     #[error("the header names a key outside the key set ({0}), which is never followed")]
     KeyReference(&'static str),
-    #[error("unknown key id {0:?}")]
+    #[error("unknown key id {}", .0.as_deref().unwrap_or("(no kid in the header)"))]
     UnknownKey(Option<String>),
     #[error("invalid signature or claims: {0}")]
     Invalid(String),
@@ -461,6 +465,10 @@ pub struct Principal {
     pub mfa_setup_required: bool,
     /// The token forms of this session must carry; `None` for API callers.
     pub csrf: Option<String>,
+    /// The scopes of a built-in provider's access token; `None` for a
+    /// browser session or an external provider's token, which scopes do
+    /// not limit.
+    pub scopes: Option<Vec<String>>,
 }
 
 impl Principal {
@@ -473,7 +481,14 @@ impl Principal {
             password_change_required: user.must_change_password,
             mfa_setup_required: false,
             csrf: None,
+            scopes: None,
         }
+    }
+
+    /// Returns whether the caller may act with `scope`: always in a browser
+    /// session, and with a token only when the token was granted it.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.as_ref().is_none_or(|scopes| scopes.iter().any(|s| s == scope))
     }
 
     pub fn is(&self, group: Group) -> bool {
@@ -602,16 +617,7 @@ pub async fn authenticate(state: &AppState, token: &str, source: &str) -> Result
         Some(result) => result.map(|(claims, _)| claims),
         None => match &state.external_keys {
             Some(external) => external.validate(token, skew, now).await,
-            None => {
-                let keys = state.keys();
-                let expect = Expectations {
-                    issuer: &state.config.public_url,
-                    clients: &state.config.identity.accepted_clients,
-                    groups_claim: "groups",
-                    group_map: None,
-                };
-                validate_builtin(&keys, &expect, token, skew, now)
-            }
+            None => validate_with_own_keys(state, token, skew, now),
         },
     };
     let claims = match verified {
@@ -632,16 +638,16 @@ pub async fn authenticate(state: &AppState, token: &str, source: &str) -> Result
     let Some(caller) = caller else {
         return Ok(None);
     };
-    if let Caller::Service { client_id, .. } = &caller {
-        if !service_token_accepted(state, client_id, &claims.jti).await? {
-            tracing::warn!(
-                target: "learntrac::security",
-                source,
-                client_id,
-                "token rejected: revoked, or its client is no longer registered"
-            );
-            return Ok(None);
-        }
+    if let Caller::Service { client_id, .. } = &caller
+        && !service_token_accepted(state, client_id, &claims.jti).await?
+    {
+        tracing::warn!(
+            target: "learntrac::security",
+            source,
+            client_id,
+            "token rejected: revoked, or its client is no longer registered"
+        );
+        return Ok(None);
     }
     if let Caller::User(principal) = &caller {
         if !token_still_accepted(state, principal.user_id, &claims).await? {
@@ -661,6 +667,30 @@ pub async fn authenticate(state: &AppState, token: &str, source: &str) -> Result
     Ok(Some(caller))
 }
 
+/// Returns the user of a built-in provider's token whose signature and
+/// claims are valid, without logging, caching or asking the database;
+/// `None` for anything else, an external provider's tokens included.
+pub(crate) fn builtin_user_quietly(state: &AppState, token: &str) -> Option<i64> {
+    if state.external_keys.is_some() {
+        return None;
+    }
+    let claims = validate_with_own_keys(state, token, state.config.identity.clock_skew_seconds, state.now()).ok()?;
+    claims.sub.parse().ok()
+}
+
+/// Validates an access token of this server's provider against its
+/// current keys and the accepted clients.
+fn validate_with_own_keys(state: &AppState, token: &str, skew: i64, now: i64) -> Result<TokenClaims, TokenRejection> {
+    let keys = state.keys();
+    let expect = Expectations {
+        issuer: &state.config.public_url,
+        clients: &state.config.identity.accepted_clients,
+        groups_claim: "groups",
+        group_map: None,
+    };
+    validate_builtin(&keys, &expect, token, skew, now)
+}
+
 fn builtin_caller(claims: &TokenClaims) -> Result<Option<Caller>, ApiError> {
     let Ok(user_id) = claims.sub.parse::<i64>() else {
         tracing::warn!(target: "learntrac::security", sub = %claims.sub, "token rejected: subject is not a user id");
@@ -674,6 +704,7 @@ fn builtin_caller(claims: &TokenClaims) -> Result<Option<Caller>, ApiError> {
         password_change_required: false,
         mfa_setup_required: false,
         csrf: None,
+        scopes: Some(claims.scopes.clone()),
     })))
 }
 
@@ -709,6 +740,7 @@ async fn external_caller(state: &AppState, claims: &TokenClaims) -> Result<Optio
         password_change_required: false,
         mfa_setup_required: false,
         csrf: None,
+        scopes: None,
     })))
 }
 
@@ -784,7 +816,8 @@ impl ApiCaller {
     /// Allows a user, or a service account holding `scope`.
     pub fn require_scope(&self, scope: &str) -> Result<(), ApiError> {
         match &self.0 {
-            Caller::User(_) => Ok(()),
+            Caller::User(principal) if principal.has_scope(SCOPE_API) => Ok(()),
+            Caller::User(_) => Err(ApiError::Forbidden(format!("this token was not granted the scope {SCOPE_API}"))),
             Caller::Service { scopes, .. } if scopes.iter().any(|s| s == scope) => Ok(()),
             Caller::Service { client_id, .. } => {
                 tracing::warn!(target: "learntrac::security", client_id, scope, "service account lacks a scope");
@@ -802,7 +835,13 @@ impl FromRequestParts<AppState> for ApiUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<ApiUser, ApiError> {
         match ApiCaller::from_request_parts(parts, state).await?.0 {
-            Caller::User(principal) => Ok(ApiUser(principal)),
+            Caller::User(principal) if principal.has_scope(SCOPE_API) => Ok(ApiUser(principal)),
+            Caller::User(principal) => {
+                tracing::warn!(target: "learntrac::security", user_id = principal.user_id, scope = SCOPE_API, "token lacks a scope");
+                Err(ApiError::Forbidden(format!(
+                    "this token was not granted the scope {SCOPE_API}; register the client with it and ask for it"
+                )))
+            }
             Caller::Service { .. } => {
                 Err(ApiError::Forbidden("service accounts may not do this; sign in as a user".into()))
             }
@@ -844,7 +883,26 @@ macro_rules! group_extractor {
 }
 
 group_extractor!(StaffApiUser, ApiUser, is_staff, STAFF_ONLY, ApiError, |e| e);
-group_extractor!(AdminApiUser, ApiUser, is_administrator, ADMIN_ONLY, ApiError, |e| e);
+group_extractor!(AdminApiUserWithoutScope, ApiUser, is_administrator, ADMIN_ONLY, ApiError, |e| e);
+
+/// An admin or operator calling the administration API with a token
+/// granted [`SCOPE_ADMIN`] (or from a browser session).
+pub struct AdminApiUser(pub Principal);
+
+impl FromRequestParts<AppState> for AdminApiUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<AdminApiUser, ApiError> {
+        let AdminApiUserWithoutScope(principal) = AdminApiUserWithoutScope::from_request_parts(parts, state).await?;
+        if !principal.has_scope(SCOPE_ADMIN) {
+            tracing::warn!(target: "learntrac::security", user_id = principal.user_id, scope = SCOPE_ADMIN, "token lacks a scope");
+            return Err(ApiError::Forbidden(format!(
+                "this token was not granted the scope {SCOPE_ADMIN}, which the administration API needs"
+            )));
+        }
+        Ok(AdminApiUser(principal))
+    }
+}
 group_extractor!(StaffPageUser, PageUser, is_staff, STAFF_ONLY, Response, |e| {
     crate::pages::PageError(e).into_response()
 });

@@ -95,6 +95,17 @@ pub async fn run(
     ];
     let groups: Vec<&str> = config.identity.mfa_required_groups.iter().map(|g| g.as_str()).collect();
     controls.push(from_problems("mfa_admins", &problems, &format!("TOTP is required for {}", groups.join(", "))));
+    controls.push(match &config.identity.smtp {
+        Some(smtp) => {
+            control("mail", Status::Pass, format!("sign-up and reset codes go to {}:{}", smtp.host, smtp.port))
+        }
+        None => control(
+            "mail",
+            Status::Warn,
+            "no SMTP server is configured, so sign-up and reset codes go to DATA_DIR/mail/outbox where nobody \
+             receives them; set [identity.smtp] in learntrac.toml",
+        ),
+    });
     controls.push(admin_networks_control(&config.gateway));
     controls.push(filtering_rules_control(&config.gateway));
     controls.push(backup_control(config, secrets, now));

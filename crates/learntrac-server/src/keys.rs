@@ -47,6 +47,16 @@ pub enum KeyType {
     Es256,
 }
 
+impl KeyType {
+    /// Returns the JWS algorithm name.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::Rs256 => "RS256",
+            KeyType::Es256 => "ES256",
+        }
+    }
+}
+
 impl std::str::FromStr for KeyType {
     type Err = String;
 

@@ -491,17 +491,20 @@ async fn answer_ticket(
 async fn admin(State(state): State<AppState>, AdminPageUser(user): AdminPageUser) -> PageResult {
     let users = state.store.list_users().await?;
     let mut html = String::from(
-        "<h1>Administration</h1><h2>Users</h2><table><tr><th>Email</th><th>Name</th><th>Groups</th><th>State</th></tr>",
+        "<h1>Administration</h1><h2>Users</h2><table><tr><th>Email</th><th>Name</th><th>Groups</th><th>State</th>\
+         <th>Email verified</th><th>Multi-factor</th></tr>",
     );
     for listed in &users {
         let groups: Vec<&str> = listed.groups.iter().map(|g| g.as_str()).collect();
         html.push_str(&format!(
-            "<tr><td><a href=\"/admin/users/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><a href=\"/admin/users/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             listed.id,
             escape(&listed.email),
             escape(&listed.name),
             escape(&groups.join(", ")),
-            if listed.disabled { "disabled" } else { "active" }
+            if listed.disabled { "disabled" } else { "active" },
+            if listed.email_verified { "yes" } else { "no" },
+            if listed.mfa_secret.is_some() { "on" } else { "off" }
         ));
     }
     html.push_str("</table><p><a href=\"/admin/clients\">OAuth clients</a></p>");

@@ -68,6 +68,19 @@ pub struct CodeRecord {
     pub nonce: String,
     pub auth_time: i64,
     pub expires_at: i64,
+    /// The refresh-token family of the tokens the code is exchanged for.
+    pub family: String,
+}
+
+/// The result of presenting an authorization code.
+#[derive(Clone, Debug)]
+pub enum CodeUse {
+    /// The code was valid and is now used.
+    Valid(CodeRecord),
+    /// The code had been used; the family of its tokens is now revoked.
+    Reused { user_id: i64, client_id: String },
+    /// Unknown or expired.
+    Invalid,
 }
 
 /// A refresh token to store.
@@ -222,6 +235,19 @@ impl Store {
         .map_err(|e| conflict_or(e, || format!("a user with email {email}")))?;
         let row = sqlx::query(sql(select)).bind(subject).fetch_one(&self.pool).await?;
         user_from_row(&row)
+    }
+
+    /// Replaces the name and password of an account whose address is not
+    /// verified yet, for a new sign-up with the same address.
+    pub async fn replace_unverified_user(&self, user_id: i64, name: &str, password_hash: &str) -> Result<bool> {
+        let updated =
+            sqlx::query("UPDATE users SET name = $1, password_hash = $2 WHERE id = $3 AND email_verified = 0")
+                .bind(name)
+                .bind(password_hash)
+                .bind(user_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(updated.rows_affected() > 0)
     }
 
     pub async fn set_email_verified(&self, user_id: i64) -> Result<()> {
@@ -570,6 +596,17 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the grants and scopes of a registered client.
+    pub async fn update_client_grants(&self, client: &ClientRecord) -> Result<()> {
+        sqlx::query("UPDATE oauth_clients SET grants = $1, scopes = $2 WHERE client_id = $3")
+            .bind(client.grants.join(" "))
+            .bind(client.scopes.join(" "))
+            .bind(&client.client_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn client(&self, client_id: &str) -> Result<Option<ClientRecord>> {
         let row = sqlx::query(sql(format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE client_id = $1")))
             .bind(client_id)
@@ -603,7 +640,7 @@ impl Store {
     pub async fn insert_code(&self, code: &CodeRecord) -> Result<()> {
         sqlx::query(
             "INSERT INTO authorization_codes (code_hash, client_id, user_id, redirect_uri, scope, code_challenge, \
-             nonce, auth_time, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             nonce, auth_time, expires_at, family) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&code.code_hash)
         .bind(&code.client_id)
@@ -614,25 +651,37 @@ impl Store {
         .bind(&code.nonce)
         .bind(code.auth_time)
         .bind(code.expires_at)
+        .bind(&code.family)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Removes and returns a code that has not expired; a code works once.
-    pub async fn take_code(&self, code_hash: &str, now: i64) -> Result<Option<CodeRecord>> {
+    /// Uses a code that has not expired; a code works once. Presenting a
+    /// used code again revokes its family until `family_expires_at`.
+    pub async fn use_code(&self, code_hash: &str, now: i64, family_expires_at: i64) -> Result<CodeUse> {
         sqlx::query("DELETE FROM authorization_codes WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
         let row = sqlx::query(
-            "DELETE FROM authorization_codes WHERE code_hash = $1 RETURNING client_id, user_id, redirect_uri, scope, \
-             code_challenge, nonce, auth_time, expires_at",
+            "UPDATE authorization_codes SET used_at = $2 WHERE code_hash = $1 AND used_at IS NULL \
+             RETURNING client_id, user_id, redirect_uri, scope, code_challenge, nonce, auth_time, expires_at, family",
         )
         .bind(code_hash)
+        .bind(now)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
-            return Ok(None);
+            let used = sqlx::query("SELECT user_id, client_id, family FROM authorization_codes WHERE code_hash = $1")
+                .bind(code_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some(used) = used else {
+                return Ok(CodeUse::Invalid);
+            };
+            let family: String = used.try_get("family")?;
+            self.revoke_family(&family, family_expires_at, now).await?;
+            return Ok(CodeUse::Reused { user_id: used.try_get("user_id")?, client_id: used.try_get("client_id")? });
         };
-        Ok(Some(CodeRecord {
+        Ok(CodeUse::Valid(CodeRecord {
             code_hash: code_hash.to_string(),
             client_id: row.try_get("client_id")?,
             user_id: row.try_get("user_id")?,
@@ -642,6 +691,7 @@ impl Store {
             nonce: row.try_get("nonce")?,
             auth_time: row.try_get("auth_time")?,
             expires_at: row.try_get("expires_at")?,
+            family: row.try_get("family")?,
         }))
     }
 
@@ -650,7 +700,8 @@ impl Store {
     pub async fn insert_refresh_token(&self, token: &NewRefreshToken<'_>, now: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO refresh_tokens (token_hash, user_id, token_version, expires_at, revoked, created_at, family, \
-             client_id, scope, auth_time) VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9)",
+             client_id, scope, auth_time) VALUES ($1, $2, $3, $4, \
+             (SELECT COUNT(*) FROM revoked_tokens WHERE jti = $6), $5, $6, $7, $8, $9)",
         )
         .bind(token.token_hash)
         .bind(token.user_id)
@@ -669,6 +720,8 @@ impl Store {
     /// Uses a refresh token presented by `client_id`. A valid one is marked
     /// used; one used before revokes its whole family (and the family's
     /// access tokens, through `revoked_tokens`) until `family_expires_at`.
+    /// A token stored after its family was revoked (by a concurrent reuse)
+    /// is stored revoked, so a race cannot keep a family alive.
     pub async fn use_refresh_token(
         &self,
         token_hash: &str,
@@ -807,6 +860,9 @@ mod tests {
         assert_eq!(reused, RefreshOutcome::Reused { user_id: user.id, family: "f".into() });
         assert_eq!(store.use_refresh_token("t2", "cli", 13, 2000).await.expect("use"), RefreshOutcome::Invalid);
         assert!(!store.token_accepted(user.id, "other", "f", 0).await.expect("family revoked"));
+        // A token stored after the revocation (a concurrent rotation) is dead too.
+        store.insert_refresh_token(&token("t3", user.id, "f"), 14).await.expect("insert");
+        assert_eq!(store.use_refresh_token("t3", "cli", 15, 2000).await.expect("use"), RefreshOutcome::Invalid);
     }
 
     #[tokio::test]
@@ -867,12 +923,18 @@ mod tests {
             nonce: String::new(),
             auth_time: 1,
             expires_at: 100,
+            family: "code-family".into(),
         };
         store.insert_code(&code).await.expect("code");
-        assert!(store.take_code("c", 200).await.expect("expired").is_none());
+        assert!(matches!(store.use_code("c", 200, 300).await.expect("expired"), CodeUse::Invalid));
         store.insert_code(&code).await.expect("code");
-        assert!(store.take_code("c", 50).await.expect("take").is_some());
-        assert!(store.take_code("c", 50).await.expect("again").is_none());
+        assert!(matches!(store.use_code("c", 50, 300).await.expect("use"), CodeUse::Valid(_)));
+        let again = store.use_code("c", 60, 300).await.expect("again");
+        assert!(matches!(again, CodeUse::Reused { .. }), "{again:?}");
+        assert!(
+            !store.token_accepted(user.id, "any", "code-family", 0).await.expect("check"),
+            "its tokens are revoked"
+        );
 
         assert!(store.use_totp_step(user.id, 10).await.expect("step"));
         assert!(!store.use_totp_step(user.id, 10).await.expect("same step"));

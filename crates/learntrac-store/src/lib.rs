@@ -16,8 +16,8 @@ pub use alerts::{AlertRecord, Raised};
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, AuditVerification};
 pub use dump::{DumpLine, DumpValue, TABLES};
 pub use identity::{
-    AuthEvent, ClientRecord, CodeCheck, CodeRecord, FailureState, NewRefreshToken, RefreshGrant, RefreshOutcome,
-    SessionRecord, SessionStage,
+    AuthEvent, ClientRecord, CodeCheck, CodeRecord, CodeUse, FailureState, NewRefreshToken, RefreshGrant,
+    RefreshOutcome, SessionRecord, SessionStage,
 };
 pub use learning::{Answer, NewAnswer, NewTicket, PathRecord, PathSummary, Ticket, TicketStatus};
 pub use library::{BookRecord, NewChunk, SectionRecord, StoredChunk};

@@ -53,6 +53,7 @@ pub enum UserCommand {
     Events {
         #[command(flatten)]
         data: DataArgs,
+        /// The user's email address.
         email: String,
         /// Maximum number of events to show.
         #[arg(long, default_value_t = 50)]
@@ -62,23 +63,28 @@ pub enum UserCommand {
     Disable {
         #[command(flatten)]
         data: DataArgs,
+        /// The user's email address.
         email: String,
     },
+    /// Enable a disabled user again.
     Enable {
         #[command(flatten)]
         data: DataArgs,
+        /// The user's email address.
         email: String,
     },
     /// Delete a user with their paths and answers.
     Delete {
         #[command(flatten)]
         data: DataArgs,
+        /// The user's email address.
         email: String,
     },
     /// Replace a user's groups; their tokens and sessions end.
     Groups {
         #[command(flatten)]
         data: DataArgs,
+        /// The user's email address.
         email: String,
         /// Group to belong to; repeat for several, or give none for no group.
         #[arg(long = "group")]
@@ -88,18 +94,30 @@ pub enum UserCommand {
     ResetPassword {
         #[command(flatten)]
         data: DataArgs,
+        /// The user's email address.
         email: String,
     },
     /// End every session and token of a user.
     SignOut {
         #[command(flatten)]
         data: DataArgs,
+        /// The user's email address.
         email: String,
     },
     /// Lift the lockout after repeated failed sign-ins.
     Unlock {
         #[command(flatten)]
         data: DataArgs,
+        /// The user's email address.
+        email: String,
+    },
+    /// Turn off a user's TOTP and end their sessions, when they lost the
+    /// authenticator and the recovery codes; they set it up again at the
+    /// next sign-in if their group requires it.
+    ResetMfa {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The user's email address.
         email: String,
     },
 }
@@ -110,7 +128,9 @@ pub enum ClientCommand {
     Add {
         #[command(flatten)]
         data: DataArgs,
+        /// The client id: letters, digits, '-', '_' or '.', with a letter.
         client_id: String,
+        /// A display name [default: the client id].
         #[arg(long)]
         name: Option<String>,
         /// Give the client a secret (needed for client_credentials).
@@ -119,7 +139,7 @@ pub enum ClientCommand {
         /// Grant it may use: authorization_code, refresh_token, client_credentials; repeat for several.
         #[arg(long = "grant", required = true)]
         grants: Vec<String>,
-        /// Scope it may ask for: openid, email, profile, learntrac/read, learntrac/write.
+        /// Scope it may request: openid, email, profile, learntrac/api, learntrac/admin, learntrac/read, learntrac/write.
         #[arg(long = "scope")]
         scopes: Vec<String>,
         /// Address the code may be sent back to; repeat for several.
@@ -129,6 +149,7 @@ pub enum ClientCommand {
         #[arg(long = "logout-uri")]
         logout_uris: Vec<String>,
     },
+    /// List the registered clients with their grants, scopes and addresses.
     List {
         #[command(flatten)]
         data: DataArgs,
@@ -137,6 +158,7 @@ pub enum ClientCommand {
     Delete {
         #[command(flatten)]
         data: DataArgs,
+        /// The client id.
         client_id: String,
     },
 }
@@ -188,6 +210,7 @@ pub async fn run_user(command: UserCommand) -> Result<()> {
         UserCommand::ResetPassword { data, email } => (data, email, AdminAction::ForceReset),
         UserCommand::SignOut { data, email } => (data, email, AdminAction::SignOut),
         UserCommand::Unlock { data, email } => (data, email, AdminAction::Unlock),
+        UserCommand::ResetMfa { data, email } => (data, email, AdminAction::ResetMfa),
     };
     let config = settings::resolve(&data)?;
     require_database(&config)?;
@@ -196,7 +219,8 @@ pub async fn run_user(command: UserCommand) -> Result<()> {
     let mailer = mailer(&config)?;
     let now = learntrac_server::unix_now();
     let summary =
-        learntrac_server::idp::pool::apply(&store, &mailer, &user, &action, config.identity.code_minutes, now).await?;
+        learntrac_server::idp::pool::apply(&store, &mailer, &user, &action, "cli", config.identity.code_minutes, now)
+            .await?;
     observe::record_cli_action(&config, action.audit_name(), &format!("user:{}", user.id), &summary).await;
     println!("{summary}");
     if action == AdminAction::ForceReset {
@@ -370,8 +394,10 @@ pub async fn run_token_key(command: TokenKeyCommand) -> Result<()> {
             observe::record_cli_action(&config, "secret.rotate_signing_key", "secret:token-signing-key", &details)
                 .await;
             println!(
-                "new signing key {} ({algorithm:?}); {} stays in the key set for {keep} seconds so its tokens keep working",
-                rotated.new_kid, rotated.retired_kid
+                "new signing key {} ({}); {} stays in the key set for {keep} seconds so its tokens keep working",
+                rotated.new_kid,
+                algorithm.name(),
+                rotated.retired_kid
             );
             println!("running servers switch within 30 seconds, or at once on SIGHUP");
             Ok(())

@@ -181,8 +181,10 @@ pub struct SignUpForm {
 }
 
 /// Creates an unverified account and mails a code. An address that has an
-/// account already gets the same response (and a code if it is unverified),
-/// so that sign-up does not reveal who has an account.
+/// account already gets the same response, so that sign-up does not reveal
+/// who has an account. An unverified account takes the new name and
+/// password and gets a new code, so that whoever signed up first with
+/// somebody else's address holds nothing once its owner verifies it.
 pub async fn sign_up(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -223,6 +225,7 @@ pub async fn sign_up(
             if let Some(existing) = state.store.user_by_email(&email).await? {
                 record_event(&state, &origin, Some(existing.id), "sign_up", Some("address_taken"), BROWSER).await;
                 if !existing.email_verified {
+                    state.store.replace_unverified_user(existing.id, name, &hash).await?;
                     pool::mail_code(&state.store, &state.mailer, &existing, CodePurpose::VerifyEmail, minutes, now)
                         .await?;
                 } else {
@@ -244,10 +247,11 @@ pub struct EmailQuery {
 
 fn confirm_body(email: &str, message: Option<&str>) -> String {
     format!(
-        "<h1>Verify your email address</h1>{}<p>We sent a code to the address below. Enter it to finish.</p>\
-         <form method=\"post\" action=\"/signup/confirm\" class=\"narrow\">\
+        "<h1>Verify your email address</h1>{}<p>We sent a code to the address below. Enter it with the password \
+         you chose to finish.</p><form method=\"post\" action=\"/signup/confirm\" class=\"narrow\">\
          <label>Email <input type=\"email\" name=\"email\" value=\"{}\" required></label>\
          <label>Code <input type=\"text\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required></label>\
+         <label>Password <input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label>\
          <button type=\"submit\">Verify</button></form>",
         alert(message),
         escape(email)
@@ -260,38 +264,48 @@ pub async fn confirm_page(headers: HeaderMap, PageQuery(query): PageQuery<EmailQ
 }
 
 #[derive(Deserialize)]
-pub struct CodeForm {
+pub struct ConfirmForm {
     email: String,
     code: String,
+    password: String,
 }
 
+/// Verifies an address with the mailed code and the password chosen at
+/// sign-up. The password binds the code to the person who signed up last
+/// and can read the mail.
 pub async fn confirm(
     State(state): State<AppState>,
     headers: HeaderMap,
     origin: Origin,
-    PageForm(form): PageForm<CodeForm>,
+    PageForm(form): PageForm<ConfirmForm>,
 ) -> Result<Response, ApiError> {
+    let page = |status: StatusCode, message: &str| {
+        anonymous_page(&headers, status, "Verify your email address", &confirm_body(&form.email, Some(message)))
+    };
     if let Err(error) = limit_sign_in(&state, origin.peer) {
-        return anonymous_page(
-            &headers,
-            error.status(),
-            "Verify",
-            &confirm_body(&form.email, Some(&error.to_string())),
-        );
+        return page(error.status(), &error.to_string());
     }
-    let user = state.store.user_by_email(&form.email).await?;
+    let user = state.store.user_by_email(&form.email).await?.filter(|u| !u.email_verified);
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let candidate = form.password.clone();
+    let password_matches =
+        tokio::task::spawn_blocking(move || learntrac_identity::password::verify(&candidate, stored.as_deref()))
+            .await
+            .map_err(|e| anyhow::anyhow!("password check task failed: {e}"))?;
     let check = match &user {
-        Some(user) => {
+        Some(user) if password_matches => {
             pool::check_code(&state.store, user.id, CodePurpose::VerifyEmail, &form.code, state.now()).await?
         }
-        None => CodeCheck::Missing,
+        _ => CodeCheck::Missing,
     };
     let Some(user) = user.filter(|_| check == CodeCheck::Accepted) else {
         if let Some(user) = state.store.user_by_email(&form.email).await? {
-            record_event(&state, &origin, Some(user.id), "email_verification", Some("wrong_code"), BROWSER).await;
+            let reason = if password_matches { "wrong_code" } else { "wrong_password" };
+            record_event(&state, &origin, Some(user.id), "email_verification", Some(reason), BROWSER).await;
         }
-        let message = "The code is wrong or expired. Sign up again with the same address to get a new one.";
-        return anonymous_page(&headers, StatusCode::BAD_REQUEST, "Verify", &confirm_body(&form.email, Some(message)));
+        let message = "The code or the password is wrong, or the code expired. Sign up again with the same address \
+                       and password to get a new code.";
+        return page(StatusCode::BAD_REQUEST, message);
     };
     state.store.set_email_verified(user.id).await?;
     record_event(&state, &origin, Some(user.id), "email_verification", None, BROWSER).await;
@@ -387,13 +401,15 @@ pub async fn reset(
     if let Err(error) = limit_sign_in(&state, origin.peer) {
         return page(error.status(), &error.to_string());
     }
+    // The policy is checked before the account is looked up, so the answer
+    // to a weak password does not reveal whether the address has an account.
+    if let Err(problem) = state.config.identity.password_policy.check(&form.new_password, Some(form.email.trim())) {
+        return page(StatusCode::BAD_REQUEST, &format!("{}.", capitalise(&problem)));
+    }
     let user = state.store.user_by_email(&form.email).await?;
     let Some(user) = user else {
         return page(StatusCode::BAD_REQUEST, "The code is wrong or expired; ask for a new one.");
     };
-    if let Err(problem) = state.config.identity.password_policy.check(&form.new_password, Some(&user.email)) {
-        return page(StatusCode::BAD_REQUEST, &format!("{}.", capitalise(&problem)));
-    }
     let check = pool::check_code(&state.store, user.id, CodePurpose::ResetPassword, &form.code, state.now()).await?;
     if check != CodeCheck::Accepted || user.disabled {
         record_event(&state, &origin, Some(user.id), "password_reset", Some("wrong_code"), BROWSER).await;

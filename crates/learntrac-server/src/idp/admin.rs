@@ -129,7 +129,8 @@ async fn act(
     let mut done = Vec::new();
     for action in actions {
         let code_minutes = state.config.identity.code_minutes;
-        let summary = pool::apply(&state.store, &state.mailer, user, action, code_minutes, state.now()).await?;
+        let by = format!("user:{}", actor.user_id);
+        let summary = pool::apply(&state.store, &state.mailer, user, action, &by, code_minutes, state.now()).await?;
         pool::forget_cached(state);
         let target = format!("user:{}", user.id);
         let actor_id = crate::audit::Actor::User(actor.user_id);
@@ -177,8 +178,12 @@ async fn api_action(
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let action = match action.as_str() {
-        "sign-out" | "reset-password" | "unlock" | "disable" | "enable" => AdminAction::parse(&action, None),
-        other => Err(format!("unknown action {other:?}; use sign-out, reset-password, unlock, disable or enable")),
+        "sign-out" | "reset-password" | "reset-mfa" | "unlock" | "disable" | "enable" => {
+            AdminAction::parse(&action, None)
+        }
+        other => {
+            Err(format!("unknown action {other:?}; use sign-out, reset-password, reset-mfa, unlock, disable or enable"))
+        }
     }
     .map_err(|e| ApiError::bad_request("invalid_action", e))?;
     let user = user_from_path(&state, &id).await?;
@@ -204,7 +209,15 @@ pub struct NewClient {
 }
 
 const GRANTS: &[&str] = &["authorization_code", "refresh_token", "client_credentials"];
-const SCOPES: &[&str] = &["openid", "email", "profile", crate::auth::SCOPE_READ, crate::auth::SCOPE_WRITE];
+const SCOPES: &[&str] = &[
+    "openid",
+    "email",
+    "profile",
+    crate::auth::SCOPE_API,
+    crate::auth::SCOPE_ADMIN,
+    crate::auth::SCOPE_READ,
+    crate::auth::SCOPE_WRITE,
+];
 
 /// Checks an address a client registers: https, or http on a loopback host for
 /// programs on the user's own machine (RFC 8252), with no fragment.
@@ -281,12 +294,10 @@ pub async fn register_client(
     Ok((record, secret))
 }
 
-/// Registers the first-party command-line client if it is missing: public,
-/// with the password and refresh grants.
+/// Registers the first-party command-line client, or brings its grants
+/// and scopes up to date: public, with the password and refresh grants and
+/// the scopes to use the whole API as the signed-in user.
 pub async fn ensure_cli_client(store: &Store, now: i64) -> anyhow::Result<()> {
-    if store.client(crate::auth::CLI_CLIENT_ID).await?.is_some() {
-        return Ok(());
-    }
     let record = ClientRecord {
         client_id: crate::auth::CLI_CLIENT_ID.into(),
         name: "LearnTrac command line".into(),
@@ -294,9 +305,17 @@ pub async fn ensure_cli_client(store: &Store, now: i64) -> anyhow::Result<()> {
         redirect_uris: Vec::new(),
         logout_uris: Vec::new(),
         grants: vec!["password".into(), "refresh_token".into()],
-        scopes: vec!["openid".into(), "email".into(), "profile".into()],
+        scopes: ["openid", "email", "profile", crate::auth::SCOPE_API, crate::auth::SCOPE_ADMIN]
+            .map(String::from)
+            .to_vec(),
         created_at: now,
     };
+    if let Some(existing) = store.client(crate::auth::CLI_CLIENT_ID).await? {
+        if existing.grants != record.grants || existing.scopes != record.scopes {
+            store.update_client_grants(&record).await?;
+        }
+        return Ok(());
+    }
     match store.create_client(&record).await {
         // Another process starting at the same time registered it.
         Err(learntrac_store::StoreError::Conflict(_)) | Ok(()) => Ok(()),
@@ -370,10 +389,16 @@ async fn user_page(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let user = user_from_path(&state, &id).await?;
-    Ok(layout(&user.email, Some(&actor), &user_page_body(&state, &user, None).await?).into_response())
+    Ok(layout(&user.email, Some(&actor), &user_page_body(&state, &actor, &user, None).await?).into_response())
 }
 
-async fn user_page_body(state: &AppState, user: &User, message: Option<&str>) -> Result<String, ApiError> {
+/// Renders a user's details with the actions `actor` may take.
+async fn user_page_body(
+    state: &AppState,
+    actor: &Principal,
+    user: &User,
+    message: Option<&str>,
+) -> Result<String, ApiError> {
     let failures = state.store.sign_in_failures(&user.email).await?;
     let locked = if failures.locked_until > state.now() {
         format!("locked until {}", format_time(failures.locked_until))
@@ -381,7 +406,14 @@ async fn user_page_body(state: &AppState, user: &User, message: Option<&str>) ->
         format!("{} recent failed sign-ins", failures.failures)
     };
     let groups: Vec<&str> = user.groups.iter().map(|g| g.as_str()).collect();
+    let allowed = |action: &AdminAction| check_action(actor, user, action).is_ok();
     let button = |action: &str, label: &str| {
+        let Ok(parsed) = AdminAction::parse(action, Some(&[])) else {
+            return String::new();
+        };
+        if !allowed(&parsed) {
+            return String::new();
+        }
         format!(
             "<form method=\"post\" action=\"/admin/users/{}/action\" class=\"inline\"><input type=\"hidden\" name=\"action\" \
              value=\"{action}\"><button type=\"submit\" id=\"action-{action}\">{label}</button></form> ",
@@ -389,15 +421,23 @@ async fn user_page_body(state: &AppState, user: &User, message: Option<&str>) ->
         )
     };
     let enable = if user.disabled { button("enable", "Enable") } else { button("disable", "Disable") };
+    let groups_form = if allowed(&AdminAction::SetGroups(user.groups.clone())) {
+        format!(
+            "<form method=\"post\" action=\"/admin/users/{}/action\" class=\"narrow\">\
+             <input type=\"hidden\" name=\"action\" value=\"groups\">\
+             <label>Groups (comma-separated: admins, instructors, students, operators) \
+             <input type=\"text\" name=\"groups\" value=\"{}\"></label><button type=\"submit\">Set groups</button></form>",
+            user.id,
+            escape(&groups.join(", "))
+        )
+    } else {
+        String::new()
+    };
     let events = state.store.auth_events(user.id, 100).await?;
     Ok(format!(
         "<h1>{}</h1>{}<dl><dt>Name</dt><dd>{}</dd><dt>Groups</dt><dd>{}</dd><dt>State</dt><dd>{}, {}, {}</dd>\
          <dt>Sign-in</dt><dd id=\"lock-state\">{locked}</dd><dt>Multi-factor</dt><dd>{}</dd></dl>\
-         <p>{enable}{}{}{}{}</p>\
-         <form method=\"post\" action=\"/admin/users/{}/action\" class=\"narrow\"><input type=\"hidden\" name=\"action\" value=\"groups\">\
-         <label>Groups (comma-separated: admins, instructors, students, operators) \
-         <input type=\"text\" name=\"groups\" value=\"{}\"></label><button type=\"submit\">Set groups</button></form>\
-         <h2>Sign-in history</h2>{}",
+         <p>{enable}{}{}{}{}{}</p>{groups_form}<h2>Sign-in history</h2>{}",
         escape(&user.email),
         super::notice(message),
         escape(&user.name),
@@ -409,9 +449,8 @@ async fn user_page_body(state: &AppState, user: &User, message: Option<&str>) ->
         button("unlock", "Unlock"),
         button("sign-out", "Sign out everywhere"),
         button("reset-password", "Force password reset"),
+        button("reset-mfa", "Turn off multi-factor sign-in"),
         button("delete", "Delete"),
-        user.id,
-        escape(&groups.join(", ")),
         super::account::events_table(&events)
     ))
 }
@@ -440,7 +479,7 @@ async fn page_action(
     }
     let user = find_user(&state, user.id).await?;
     let message = format!("Done: {summary}.");
-    Ok(layout(&user.email, Some(&actor), &user_page_body(&state, &user, Some(&message)).await?).into_response())
+    Ok(layout(&user.email, Some(&actor), &user_page_body(&state, &actor, &user, Some(&message)).await?).into_response())
 }
 
 async fn clients_page(
@@ -457,14 +496,22 @@ async fn clients_body(state: &AppState, message: Option<String>) -> Result<Strin
         .map(|c| {
             format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>\
-                 <form method=\"post\" action=\"/admin/clients/{}/delete\" class=\"inline\"><button type=\"submit\">Delete</button></form></td></tr>",
+                 {}</td></tr>",
                 escape(&c.client_id),
                 escape(&c.name),
                 if c.secret_hash.is_some() { "confidential" } else { "public" },
                 escape(&c.grants.join(" ")),
                 escape(&c.scopes.join(" ")),
                 escape(&c.redirect_uris.join(" ")),
-                crate::pages::url_encode(&c.client_id)
+                if c.client_id == crate::auth::CLI_CLIENT_ID {
+                    "built in".to_string()
+                } else {
+                    format!(
+                        "<form method=\"post\" action=\"/admin/clients/{}/delete\" class=\"inline\">\
+                         <button type=\"submit\">Delete</button></form>",
+                        crate::pages::url_encode(&c.client_id)
+                    )
+                }
             )
         })
         .collect();

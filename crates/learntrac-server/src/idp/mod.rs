@@ -49,6 +49,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/oauth2/authorize", get(oauth::authorize))
         .route("/oauth2/token", post(oauth::token))
         .route("/oauth2/userInfo", get(oauth::user_info).post(oauth::user_info))
+        // Many client libraries spell the path in lower case.
+        .route("/oauth2/userinfo", get(oauth::user_info).post(oauth::user_info))
         .route("/oauth2/revoke", post(oauth::revoke))
         .merge(forms)
 }

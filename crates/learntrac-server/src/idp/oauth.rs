@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use learntrac_store::{ClientRecord, CodeRecord, NewRefreshToken, RefreshOutcome, SessionStage, User};
+use learntrac_store::{ClientRecord, CodeRecord, CodeUse, NewRefreshToken, RefreshOutcome, SessionStage, User};
 use serde::Deserialize;
 
 use super::pool::{self, Rejection};
@@ -120,6 +120,7 @@ pub struct AuthorizeQuery {
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
     nonce: Option<String>,
+    prompt: Option<String>,
 }
 
 /// Shows a problem with the client or its redirect address on a page,
@@ -239,6 +240,10 @@ pub async fn authorize(
     };
 
     let session = crate::sessions::current(&state, &headers, SessionStage::Active).await?;
+    let prompt = query.prompt.as_deref().unwrap_or("");
+    if session.is_none() && prompt.split(' ').any(|p| p == "none") {
+        return Ok(redirect_error(redirect_uri, "login_required", "the user is not signed in", client_state));
+    }
     let Some((record, user)) = session else {
         let back = original.0.path_and_query().map_or("/oauth2/authorize", |p| p.as_str());
         return Ok(Redirect::to(&format!("/login?next={}", crate::pages::url_encode(back))).into_response());
@@ -259,6 +264,7 @@ pub async fn authorize(
             nonce: query.nonce.clone().unwrap_or_default(),
             auth_time: record.auth_time,
             expires_at: state.now() + CODE_SECONDS,
+            family: crate::random_token(12),
         })
         .await?;
     let mut target = format!("{redirect_uri}{}code={code}", if redirect_uri.contains('?') { '&' } else { '?' });
@@ -351,7 +357,6 @@ pub async fn token(
     origin: Origin,
     request: Result<Form<TokenRequest>, FormRejection>,
 ) -> Result<Response, OAuthError> {
-    limit_sign_in(&state, origin.peer)?;
     let Form(request) = request.map_err(|rejection| {
         OAuthError::new(
             "invalid_request",
@@ -404,6 +409,8 @@ async fn password_grant(
     let (Some(username), Some(password)) = (request.username.as_deref(), request.password.as_deref()) else {
         return Err(OAuthError::new("invalid_request", "the password grant needs username and password"));
     };
+    // Only grants that check a password count against the sign-in limit.
+    limit_sign_in(state, origin.peer)?;
     let user = match pool::check_password(state, username, password, origin, &client.client_id).await? {
         Ok(user) => user,
         Err(Rejection::Unverified) => {
@@ -474,9 +481,21 @@ async fn code_grant(
     else {
         return Err(OAuthError::new("invalid_request", "the code grant needs code, redirect_uri and code_verifier"));
     };
-    let Some(record) = state.store.take_code(&crate::sha256_hex(code), state.now()).await? else {
-        tracing::warn!(target: "learntrac::security", client_id = client.client_id, "unknown, used or expired authorization code");
-        return Err(OAuthError::new("invalid_grant", "the code is invalid, used or expired"));
+    let now = state.now();
+    let family_expiry = now + state.config.access_token_seconds + state.config.identity.clock_skew_seconds;
+    let record = match state.store.use_code(&crate::sha256_hex(code), now, family_expiry).await? {
+        CodeUse::Valid(record) => record,
+        CodeUse::Reused { user_id, client_id } => {
+            state.revocations.clear();
+            tracing::warn!(target: "learntrac::security", user_id, client_id, "an authorization code was presented again; the tokens issued for it are revoked");
+            record_event(state, origin, Some(user_id), "token", Some("reused_authorization_code"), &client.client_id)
+                .await;
+            return Err(OAuthError::new("invalid_grant", "the code is invalid, used or expired"));
+        }
+        CodeUse::Invalid => {
+            tracing::warn!(target: "learntrac::security", client_id = client.client_id, "unknown or expired authorization code");
+            return Err(OAuthError::new("invalid_grant", "the code is invalid, used or expired"));
+        }
     };
     if record.client_id != client.client_id || record.redirect_uri != redirect_uri {
         tracing::warn!(target: "learntrac::security", client_id = client.client_id, "authorization code of another client or redirect address");
@@ -487,12 +506,11 @@ async fn code_grant(
         return Err(OAuthError::new("invalid_grant", "code_verifier does not match the code_challenge"));
     }
     let user = usable_user(state, record.user_id).await?;
-    let family = crate::random_token(12);
     let grant = Grant {
         client_id: &client.client_id,
         scope: &record.scope,
         auth_time: record.auth_time,
-        family: &family,
+        family: &record.family,
         nonce: Some(&record.nonce),
     };
     record_event(state, origin, Some(user.id), "token", None, &client.client_id).await;

@@ -200,6 +200,10 @@ pub enum AdminAction {
     ForceReset,
     SignOut,
     Unlock,
+    /// Turns TOTP off and ends every session, for a user who lost the
+    /// authenticator and the recovery codes; a group that requires TOTP
+    /// makes the user set it up again at the next sign-in.
+    ResetMfa,
 }
 
 impl AdminAction {
@@ -213,6 +217,7 @@ impl AdminAction {
             AdminAction::ForceReset => "user.force_reset",
             AdminAction::SignOut => "user.sign_out",
             AdminAction::Unlock => "user.unlock",
+            AdminAction::ResetMfa => "user.reset_mfa",
         }
     }
 
@@ -230,21 +235,49 @@ impl AdminAction {
             "reset-password" => AdminAction::ForceReset,
             "sign-out" => AdminAction::SignOut,
             "unlock" => AdminAction::Unlock,
+            "reset-mfa" => AdminAction::ResetMfa,
             "groups" => {
                 let names = groups.ok_or("groups needs the list of groups")?;
                 AdminAction::SetGroups(names.iter().map(|g| g.trim().parse()).collect::<Result<Vec<Group>, _>>()?)
             }
             other => {
                 return Err(format!(
-                    "unknown action {other:?}; use disable, enable, delete, groups, reset-password, sign-out or unlock"
+                    "unknown action {other:?}; use disable, enable, delete, groups, reset-password, reset-mfa, sign-out or unlock"
                 ));
             }
         })
     }
 }
 
-/// Applies `action` to `user` and returns a sentence saying what was done.
+/// Applies `action` to `user` as `actor` (`user:ID` or `cli`), records it in
+/// the user's auth events, and returns a sentence saying what was done.
 pub async fn apply(
+    store: &Store,
+    mailer: &Mailer,
+    user: &User,
+    action: &AdminAction,
+    actor: &str,
+    code_minutes: i64,
+    now: i64,
+) -> anyhow::Result<String> {
+    let summary = apply_action(store, mailer, user, action, code_minutes, now).await?;
+    if *action != AdminAction::Delete {
+        let event = learntrac_store::AuthEvent {
+            user_id: Some(user.id),
+            at: now,
+            event: action.audit_name().replace("user.", "admin_"),
+            outcome: "success".into(),
+            reason: format!("by {actor}"),
+            client_address: String::new(),
+            user_agent: String::new(),
+            client_id: String::new(),
+        };
+        store.insert_auth_event(&event).await?;
+    }
+    Ok(summary)
+}
+
+async fn apply_action(
     store: &Store,
     mailer: &Mailer,
     user: &User,
@@ -285,6 +318,11 @@ pub async fn apply(
         AdminAction::SignOut => {
             store.sign_out_everywhere(user.id).await?;
             format!("signed {} out everywhere", user.email)
+        }
+        AdminAction::ResetMfa => {
+            store.set_mfa(user.id, None).await?;
+            store.sign_out_everywhere(user.id).await?;
+            format!("turned off multi-factor sign-in for {} and ended their sessions", user.email)
         }
         AdminAction::Unlock => {
             let was_locked = store.clear_sign_in_failures(&user.email, now).await?;

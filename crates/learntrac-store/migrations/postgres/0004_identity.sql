@@ -80,6 +80,8 @@ CREATE TABLE oauth_clients (
     created_at BIGINT NOT NULL
 );
 
+-- A used code stays until it expires, so that presenting it again revokes
+-- the tokens issued for it (their refresh-token family).
 CREATE TABLE authorization_codes (
     code_hash TEXT PRIMARY KEY,
     client_id TEXT NOT NULL REFERENCES oauth_clients(client_id) ON DELETE CASCADE,
@@ -89,7 +91,9 @@ CREATE TABLE authorization_codes (
     code_challenge TEXT NOT NULL,
     nonce TEXT NOT NULL,
     auth_time BIGINT NOT NULL,
-    expires_at BIGINT NOT NULL
+    expires_at BIGINT NOT NULL,
+    family TEXT NOT NULL,
+    used_at BIGINT
 );
 
 -- Refresh tokens rotate: each use marks the token used and issues the next

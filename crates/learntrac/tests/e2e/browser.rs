@@ -244,6 +244,7 @@ async fn a_new_user_signs_up_and_uses_totp_in_chromium() {
         .expect("an 8-digit code in the mail")
         .to_string();
     browser.type_into("input[name=code]", &code).await;
+    browser.type_into("form[action='/signup/confirm'] input[name=password]", "Compiler-Pioneer-1952").await;
     browser.click("form[action='/signup/confirm'] button").await;
     browser.wait_for_text("Your email address is verified").await;
 

@@ -103,14 +103,25 @@ async fn sign_up_verifies_the_address_by_mail() {
     assert_eq!(response.status(), 400);
     assert!(response.text().await.expect("html").contains("not-an-address"));
 
+    // Someone signs up first with Ada's address and a password of their own.
+    let fields = [("name", "Mallory"), ("email", "ada@example.org"), ("password", "Mallory-Was-Here-1")];
+    let response = post_anonymous(&server, "/signup", "/signup", &fields).await;
+    assert_eq!(response.status(), 303);
+    let mail = smtp.wait_for(1, Duration::from_secs(10)).await.expect("first verification mail");
+    let first_code = code_in(&mail[0].data);
+
+    // Ada signs up: her name and password replace the first ones, and a new code goes out.
     let fields = [("name", "Ada"), ("email", "Ada@Example.org"), ("password", "Analytical-Engine-1843")];
     let response = post_anonymous(&server, "/signup", "/signup", &fields).await;
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/signup/confirm?email=ada%40example.org");
-    let mail = smtp.wait_for(1, Duration::from_secs(10)).await.expect("verification mail");
-    assert_eq!(mail[0].to, ["ada@example.org"]);
-    assert!(mail[0].data.contains("Verify your email address"), "{}", mail[0].data);
-    let code = code_in(&mail[0].data);
+    let mail = smtp.wait_for(2, Duration::from_secs(10)).await.expect("verification mail");
+    assert_eq!(mail[1].to, ["ada@example.org"]);
+    assert!(mail[1].data.contains("Verify your email address"), "{}", mail[1].data);
+    let code = code_in(&mail[1].data);
+    let stale = [("email", "ada@example.org"), ("code", first_code.as_str()), ("password", "Mallory-Was-Here-1")];
+    let response = post_anonymous(&server, "/signup/confirm", "/signup/confirm", &stale).await;
+    assert_eq!(response.status(), 400, "the first sign-up's code and password are gone");
 
     // No sign-in before the address is verified.
     let token = server.token_response("ada@example.org", "Analytical-Engine-1843").await;
@@ -119,10 +130,13 @@ async fn sign_up_verifies_the_address_by_mail() {
     assert!(body["error_description"].as_str().expect("text").contains("verify"), "{body}");
 
     let wrong = if code == "00000000" { "11111111" } else { "00000000" };
-    let fields = [("email", "ada@example.org"), ("code", wrong)];
+    let fields = [("email", "ada@example.org"), ("code", wrong), ("password", "Analytical-Engine-1843")];
     let response = post_anonymous(&server, "/signup/confirm", "/signup/confirm", &fields).await;
     assert_eq!(response.status(), 400);
-    let fields = [("email", "ada@example.org"), ("code", code.as_str())];
+    let fields = [("email", "ada@example.org"), ("code", code.as_str()), ("password", "Mallory-Was-Here-1")];
+    let response = post_anonymous(&server, "/signup/confirm", "/signup/confirm", &fields).await;
+    assert_eq!(response.status(), 400, "the code verifies only with the latest sign-up's password");
+    let fields = [("email", "ada@example.org"), ("code", code.as_str()), ("password", "Analytical-Engine-1843")];
     let response = post_anonymous(&server, "/signup/confirm", "/signup/confirm", &fields).await;
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/login?notice=verified");
@@ -135,14 +149,16 @@ async fn sign_up_verifies_the_address_by_mail() {
     let (status, me) = server.get_json(body["access_token"].as_str().expect("token"), "/api/v1/me").await;
     assert_eq!(status, 200);
     assert_eq!(me["groups"], json!(["students"]), "self sign-up makes a learner");
+    assert_eq!(me["name"], "Ada");
+    assert_eq!(server.token_response("ada@example.org", "Mallory-Was-Here-1").await.status(), 400);
 
     // Signing up again with a taken address answers the same and tells the owner.
     let fields = [("name", "Mallory"), ("email", "ada@example.org"), ("password", "Another-Pass-2026")];
     let response = post_anonymous(&server, "/signup", "/signup", &fields).await;
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/signup/confirm?email=ada%40example.org");
-    let mail = smtp.wait_for(2, Duration::from_secs(10)).await.expect("notice mail");
-    assert!(mail[1].data.contains("Subject: Your LearnTrac account"), "{}", mail[1].data);
+    let mail = smtp.wait_for(3, Duration::from_secs(10)).await.expect("notice mail");
+    assert!(mail[2].data.contains("Subject: Your LearnTrac account"), "{}", mail[2].data);
     assert_eq!(server.token_response("ada@example.org", "Another-Pass-2026").await.status(), 400);
 
     let history = events(&server, "ada@example.org");
@@ -339,7 +355,9 @@ fn query_value(location: &str, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn authorization_code_flow_with_pkce_and_refresh_families() {
-    let server = Server::start().await;
+    let mut server = Server::new().await;
+    server.write_settings(RELAXED_SIGN_IN);
+    server.serve().await;
     server.add_user("learner@example.org", "students");
     let add = server.cli(
         &[
@@ -354,6 +372,8 @@ async fn authorization_code_flow_with_pkce_and_refresh_families() {
             "openid",
             "--scope",
             "email",
+            "--scope",
+            "learntrac/api",
             "--redirect-uri",
             "https://app.example/callback",
             "--logout-uri",
@@ -378,7 +398,7 @@ async fn authorization_code_flow_with_pkce_and_refresh_families() {
     let authorize = |extra: &str| {
         format!(
             "/oauth2/authorize?response_type=code&client_id=web&redirect_uri=https%3A%2F%2Fapp.example%2Fcallback\
-             &scope=openid%20email&state=xyz&nonce=n-1{extra}"
+             &scope=openid%20email%20learntrac%2Fapi&state=xyz&nonce=n-1{extra}"
         )
     };
     let session = server.sign_in("learner@example.org", PASSWORD).await;
@@ -447,7 +467,7 @@ async fn authorization_code_flow_with_pkce_and_refresh_families() {
     let access_claims = claims(&access);
     assert_eq!(access_claims["token_use"], "access");
     assert_eq!(access_claims["client_id"], "web");
-    assert_eq!(access_claims["scope"], "openid email");
+    assert_eq!(access_claims["scope"], "openid email learntrac/api");
     assert_eq!(access_claims["groups"], json!(["students"]));
     assert!(access_claims["auth_time"].is_i64() && access_claims["jti"].is_string());
     assert!(access_claims.get("aud").is_none(), "access tokens carry client_id, not aud");
@@ -459,6 +479,28 @@ async fn authorization_code_flow_with_pkce_and_refresh_families() {
     assert_eq!(id_claims["email_verified"], true);
     assert_eq!(id_claims["nonce"], "n-1");
     assert_eq!(exchange(code, verifier.clone()).await.status(), 400, "a code works once");
+    assert_eq!(server.get_json(&access, "/api/v1/me").await.0, 401, "and its reuse revokes the tokens issued for it");
+    let history = events(&server, "learner@example.org");
+    assert!(history.contains("reused_authorization_code"), "{history}");
+
+    // A token granted less than learntrac/api cannot use the API.
+    let narrow = get(
+        authorize(&format!("&code_challenge={challenge}&code_challenge_method=S256")).replace("%20learntrac%2Fapi", ""),
+        Some(session.clone()),
+    )
+    .await;
+    let code = query_value(narrow.headers()["location"].to_str().expect("ascii"), "code").expect("code");
+    let narrow: Value = exchange(code, verifier.clone()).await.json().await.expect("json");
+    let narrow = narrow["access_token"].as_str().expect("access").to_string();
+    assert_eq!(server.get_json(&narrow, "/api/v1/me").await.0, 403, "learntrac/api was not granted");
+    let anonymous = get(with_pkce.clone() + "&prompt=none", None).await;
+    let location = anonymous.headers()["location"].to_str().expect("ascii").to_string();
+    assert!(location.starts_with("https://app.example/callback?error=login_required"), "{location}");
+
+    let response = get(with_pkce.clone(), Some(session.clone())).await;
+    let code = query_value(response.headers()["location"].to_str().expect("ascii"), "code").expect("code");
+    let tokens: Value = exchange(code, verifier.clone()).await.json().await.expect("json");
+    let access = tokens["access_token"].as_str().expect("access").to_string();
 
     let info: Value = server
         .client
@@ -675,11 +717,15 @@ async fn administrators_manage_users_by_api() {
     assert!(mail[0].data.contains("Reset your password"));
     assert_eq!(server.token_response("learner@example.org", PASSWORD).await.status(), 400, "the password is gone");
     assert_eq!(post(admin.clone(), "unlock").await, 200);
+    assert_eq!(post(ops.clone(), "reset-mfa").await, 200);
+    assert_eq!(post(ops.clone(), "wave").await, 400, "an unknown action is a bad request");
     let (status, listed) = server.get_json(&admin, &format!("{user_path}/events")).await;
     assert_eq!(status, 200);
     let names: Vec<&str> =
         listed["events"].as_array().expect("events").iter().filter_map(|e| e["event"].as_str()).collect();
-    assert!(names.contains(&"sign_in"), "{names:?}");
+    for expected in ["sign_in", "admin_disable", "admin_sign_out", "admin_force_reset", "admin_reset_mfa"] {
+        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    }
 
     let root_id = users["users"]
         .as_array()
