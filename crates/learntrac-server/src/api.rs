@@ -332,6 +332,8 @@ mod tests {
             ("/oauth2/token", "post"),
             ("/oauth2/userInfo", "get"),
             ("/oauth2/userInfo", "post"),
+            ("/oauth2/userinfo", "get"),
+            ("/oauth2/userinfo", "post"),
             ("/oauth2/revoke", "post"),
         ] {
             assert!(document["paths"][path][method].is_object(), "{method} {path} is not documented");

@@ -44,7 +44,7 @@ pub async fn discovery(State(state): State<AppState>) -> Json<serde_json::Value>
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "scopes_supported": ["openid", "email", "profile", auth::SCOPE_READ, auth::SCOPE_WRITE],
+        "scopes_supported": ["openid", "email", "profile", auth::SCOPE_API, auth::SCOPE_ADMIN, auth::SCOPE_READ, auth::SCOPE_WRITE],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "auth_time", "nonce", "email",
             "email_verified", "name", "groups", "token_use", "client_id", "scope"],
     }))
