@@ -179,6 +179,8 @@ pub enum TokenRejection {
     Malformed(String),
     #[error("algorithm {0} is not allowed; only RS256 and ES256 are")]
     Algorithm(String),
+    #[error("the header names algorithm {header}, but the key it names is for {key}")]
+    KeyMismatch { header: String, key: String },
     #[error("the header names a key outside the key set ({0}), which is never followed")]
     KeyReference(&'static str),
     #[error("unknown key id {}", .0.as_deref().unwrap_or("(no kid in the header)"))]
@@ -274,7 +276,10 @@ pub fn verify_with(
     now: i64,
 ) -> Result<TokenClaims, TokenRejection> {
     if key.algorithm != algorithm {
-        return Err(TokenRejection::Algorithm(format!("{algorithm:?} with a {:?} key", key.algorithm)));
+        return Err(TokenRejection::KeyMismatch {
+            header: format!("{algorithm:?}"),
+            key: format!("{:?}", key.algorithm),
+        });
     }
     let mut validation = Validation::new(algorithm);
     validation.set_issuer(&[expect.issuer]);

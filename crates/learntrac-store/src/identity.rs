@@ -250,6 +250,16 @@ impl Store {
         Ok(updated.rows_affected() > 0)
     }
 
+    /// Marks the address verified if the password hash is still `password_hash`.
+    pub async fn verify_email_with_password(&self, user_id: i64, password_hash: &str) -> Result<bool> {
+        let updated = sqlx::query("UPDATE users SET email_verified = 1 WHERE id = $1 AND password_hash = $2")
+            .bind(user_id)
+            .bind(password_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(updated.rows_affected() > 0)
+    }
+
     pub async fn set_email_verified(&self, user_id: i64) -> Result<()> {
         sqlx::query("UPDATE users SET email_verified = 1 WHERE id = $1").bind(user_id).execute(&self.pool).await?;
         Ok(())

@@ -214,24 +214,26 @@ pub async fn sign_up(
         return anonymous_page(&headers, StatusCode::BAD_REQUEST, "Create an account", &body);
     }
     let now = state.now();
-    let minutes = state.config.identity.code_minutes;
     let hash = hash_password(&form.password).await?;
     match state.store.create_unverified_user(&email, name, &hash, now).await {
         Ok(user) => {
             record_event(&state, &origin, Some(user.id), "sign_up", None, BROWSER).await;
-            pool::mail_code(&state.store, &state.mailer, &user, CodePurpose::VerifyEmail, minutes, now).await?;
+            pool::mail_code_in_background(&state, user, CodePurpose::VerifyEmail);
         }
         Err(learntrac_store::StoreError::Conflict(_)) => {
             if let Some(existing) = state.store.user_by_email(&email).await? {
                 record_event(&state, &origin, Some(existing.id), "sign_up", Some("address_taken"), BROWSER).await;
                 if !existing.email_verified {
                     state.store.replace_unverified_user(existing.id, name, &hash).await?;
-                    pool::mail_code(&state.store, &state.mailer, &existing, CodePurpose::VerifyEmail, minutes, now)
-                        .await?;
+                    let renamed = learntrac_store::User { name: name.to_string(), password_hash: hash, ..existing };
+                    pool::mail_code_in_background(&state, renamed, CodePurpose::VerifyEmail);
                 } else {
                     let body = "Someone tried to create a LearnTrac account with this address, which already has \
                                 one. If it was you, sign in, or reset your password from the sign-in page.\n";
-                    state.mailer.send(&existing.email, "Your LearnTrac account", body).await?;
+                    let mailer = state.mailer.clone();
+                    pool::mail_in_background(existing.id, "address taken", async move {
+                        mailer.send(&existing.email, "Your LearnTrac account", body).await
+                    });
                 }
             }
         }
@@ -307,7 +309,11 @@ pub async fn confirm(
                        and password to get a new code.";
         return page(StatusCode::BAD_REQUEST, message);
     };
-    state.store.set_email_verified(user.id).await?;
+    // A sign-up landing since the password check replaced the password;
+    // the address is verified only for the password that was checked.
+    if !state.store.verify_email_with_password(user.id, &user.password_hash).await? {
+        return page(StatusCode::BAD_REQUEST, "The account changed meanwhile; sign up again to get a new code.");
+    }
     record_event(&state, &origin, Some(user.id), "email_verification", None, BROWSER).await;
     Ok(Redirect::to("/login?notice=verified").into_response())
 }
@@ -349,9 +355,8 @@ pub async fn forgot(
     if let Some(user) =
         state.store.user_by_email(&form.email).await?.filter(|u| !u.disabled && u.external_subject.is_none())
     {
-        let minutes = state.config.identity.code_minutes;
-        pool::mail_code(&state.store, &state.mailer, &user, CodePurpose::ResetPassword, minutes, state.now()).await?;
         record_event(&state, &origin, Some(user.id), "password_reset_requested", None, BROWSER).await;
+        pool::mail_code_in_background(&state, user, CodePurpose::ResetPassword);
     }
     Ok(Redirect::to(&format!("/account/reset/confirm?email={}", url_encode(form.email.trim()))).into_response())
 }

@@ -103,6 +103,9 @@ fn check_action(actor: &Principal, user: &User, action: &AdminAction) -> Result<
     if user.id == actor.user_id && matches!(action, AdminAction::Disable | AdminAction::Delete) {
         return Err(ApiError::Conflict("you cannot disable or delete your own account".into()));
     }
+    if user.id == actor.user_id && *action == AdminAction::ResetMfa {
+        return Err(ApiError::Conflict("manage your own second factor at /account/mfa".into()));
+    }
     if let AdminAction::SetGroups(groups) = action
         && user.id == actor.user_id
         && !groups.contains(&Group::Admins)
@@ -449,7 +452,7 @@ async fn user_page_body(
         button("unlock", "Unlock"),
         button("sign-out", "Sign out everywhere"),
         button("reset-password", "Force password reset"),
-        button("reset-mfa", "Turn off multi-factor sign-in"),
+        if user.mfa_secret.is_some() { button("reset-mfa", "Turn off multi-factor sign-in") } else { String::new() },
         button("delete", "Delete"),
         super::account::events_table(&events)
     ))
@@ -486,10 +489,25 @@ async fn clients_page(
     State(state): State<AppState>,
     AdminPageUser(actor): AdminPageUser,
 ) -> Result<Response, PageError> {
-    Ok(layout("Clients", Some(&actor), &clients_body(&state, None).await?).into_response())
+    Ok(layout("Clients", Some(&actor), &clients_body(&state, &actor, None).await?).into_response())
 }
 
-async fn clients_body(state: &AppState, message: Option<String>) -> Result<String, ApiError> {
+/// The form that registers a client, for admins.
+const REGISTER_FORM: &str = "<h2>Register a client</h2>\
+         <form method=\"post\" action=\"/admin/clients\" class=\"narrow\">\
+         <label>Client id <input type=\"text\" name=\"client_id\" required></label>\
+         <label>Name <input type=\"text\" name=\"name\"></label>\
+         <label><input type=\"checkbox\" name=\"confidential\" value=\"true\"> Confidential (gets a secret)</label>\
+         <label>Grants (space-separated) <input type=\"text\" name=\"grants\" value=\"authorization_code refresh_token\"></label>\
+         <label>Scopes (space-separated) <input type=\"text\" name=\"scopes\" value=\"openid email profile\"></label>\
+         <label>Redirect URIs (space-separated) <input type=\"text\" name=\"redirect_uris\"></label>\
+         <label>Logout URIs (space-separated) <input type=\"text\" name=\"logout_uris\"></label>\
+         <button type=\"submit\">Register</button></form>";
+
+/// Renders the client list; only admins get the delete buttons and the form.
+async fn clients_body(state: &AppState, actor: &Principal, message: Option<String>) -> Result<String, ApiError> {
+    let admin = actor.is(Group::Admins);
+    let form = if admin { REGISTER_FORM } else { "" };
     let clients = state.store.list_clients().await?;
     let rows: String = clients
         .iter()
@@ -505,6 +523,8 @@ async fn clients_body(state: &AppState, message: Option<String>) -> Result<Strin
                 escape(&c.redirect_uris.join(" ")),
                 if c.client_id == crate::auth::CLI_CLIENT_ID {
                     "built in".to_string()
+                } else if !admin {
+                    String::new()
                 } else {
                     format!(
                         "<form method=\"post\" action=\"/admin/clients/{}/delete\" class=\"inline\">\
@@ -517,16 +537,7 @@ async fn clients_body(state: &AppState, message: Option<String>) -> Result<Strin
         .collect();
     Ok(format!(
         "<h1>OAuth clients</h1>{}<table><tr><th>Client id</th><th>Name</th><th>Type</th><th>Grants</th><th>Scopes</th>\
-         <th>Redirect URIs</th><th></th></tr>{rows}</table><h2>Register a client</h2>\
-         <form method=\"post\" action=\"/admin/clients\" class=\"narrow\">\
-         <label>Client id <input type=\"text\" name=\"client_id\" required></label>\
-         <label>Name <input type=\"text\" name=\"name\"></label>\
-         <label><input type=\"checkbox\" name=\"confidential\" value=\"true\"> Confidential (gets a secret)</label>\
-         <label>Grants (space-separated) <input type=\"text\" name=\"grants\" value=\"authorization_code refresh_token\"></label>\
-         <label>Scopes (space-separated) <input type=\"text\" name=\"scopes\" value=\"openid email profile\"></label>\
-         <label>Redirect URIs (space-separated) <input type=\"text\" name=\"redirect_uris\"></label>\
-         <label>Logout URIs (space-separated) <input type=\"text\" name=\"logout_uris\"></label>\
-         <button type=\"submit\">Register</button></form>",
+         <th>Redirect URIs</th><th></th></tr>{rows}</table>{form}",
         message.map(|m| format!("<p class=\"notice\" role=\"status\">{m}</p>")).unwrap_or_default()
     ))
 }
@@ -573,7 +584,7 @@ async fn page_create_client(
         ),
         None => format!("Registered {}.", escape(&client.client_id)),
     };
-    Ok(layout("Clients", Some(&actor), &clients_body(&state, Some(message)).await?).into_response())
+    Ok(layout("Clients", Some(&actor), &clients_body(&state, &actor, Some(message)).await?).into_response())
 }
 
 async fn page_delete_client(

@@ -121,6 +121,7 @@ pub struct AuthorizeQuery {
     code_challenge_method: Option<String>,
     nonce: Option<String>,
     prompt: Option<String>,
+    max_age: Option<i64>,
 }
 
 /// Shows a problem with the client or its redirect address on a page,
@@ -141,6 +142,16 @@ fn redirect_error(redirect_uri: &str, error: &str, description: &str, state: Opt
         target.push_str(&format!("&state={}", crate::pages::url_encode(state)));
     }
     Redirect::to(&target).into_response()
+}
+
+/// Removes the `prompt` parameter from an authorization request's path and
+/// query, so that the request repeated after a fresh sign-in goes through.
+fn without_prompt(path_and_query: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_string();
+    };
+    let kept: Vec<&str> = query.split('&').filter(|pair| !pair.starts_with("prompt=")).collect();
+    format!("{path}?{}", kept.join("&"))
 }
 
 /// Checks that every requested scope is allowed to the client. A request
@@ -240,9 +251,22 @@ pub async fn authorize(
     };
 
     let session = crate::sessions::current(&state, &headers, SessionStage::Active).await?;
-    let prompt = query.prompt.as_deref().unwrap_or("");
-    if session.is_none() && prompt.split(' ').any(|p| p == "none") {
+    let prompts: Vec<&str> = query.prompt.as_deref().unwrap_or("").split(' ').collect();
+    if session.is_none() && prompts.contains(&"none") {
         return Ok(redirect_error(redirect_uri, "login_required", "the user is not signed in", client_state));
+    }
+    // prompt=login and an exceeded max_age ask for a fresh sign-in (OpenID
+    // Connect Core 1.0, section 3.1.2.1). The browser signs in again and
+    // returns without prompt=login, and its new session meets max_age.
+    let stale = session.as_ref().is_some_and(|(record, _)| {
+        prompts.contains(&"login") || query.max_age.is_some_and(|age| state.now() - record.auth_time > age)
+    });
+    if stale {
+        if prompts.contains(&"none") {
+            return Ok(redirect_error(redirect_uri, "login_required", "a fresh sign-in is needed", client_state));
+        }
+        let back = without_prompt(original.0.path_and_query().map_or("/oauth2/authorize", |p| p.as_str()));
+        return Ok(Redirect::to(&format!("/login?next={}", crate::pages::url_encode(&back))).into_response());
     }
     let Some((record, user)) = session else {
         let back = original.0.path_and_query().map_or("/oauth2/authorize", |p| p.as_str());

@@ -177,6 +177,30 @@ pub async fn mail_code(
     mailer.send(&user.email, subject, &body).await
 }
 
+/// Runs `job`, which sends mail, after the response: neither the time the
+/// mail server takes nor its failure may tell the client whether an
+/// address has an account. A failure is logged with the user id.
+pub fn mail_in_background(
+    user_id: i64,
+    what: &'static str,
+    job: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        if let Err(error) = job.await {
+            tracing::error!(user_id, what, error = format!("{error:#}"), "cannot send mail");
+        }
+    });
+}
+
+/// Mails a code to `user` in the background; see [`mail_in_background`].
+pub fn mail_code_in_background(state: &AppState, user: User, purpose: CodePurpose) {
+    let (store, mailer) = (state.store.clone(), state.mailer.clone());
+    let (minutes, now) = (state.config.identity.code_minutes, state.now());
+    mail_in_background(user.id, purpose.as_str(), async move {
+        mail_code(&store, &mailer, &user, purpose, minutes, now).await
+    });
+}
+
 /// Checks a mailed code; a match uses it up.
 pub async fn check_code(
     store: &Store,
@@ -318,6 +342,9 @@ async fn apply_action(
         AdminAction::SignOut => {
             store.sign_out_everywhere(user.id).await?;
             format!("signed {} out everywhere", user.email)
+        }
+        AdminAction::ResetMfa if user.mfa_secret.is_none() => {
+            format!("{} has no multi-factor sign-in; nothing changed", user.email)
         }
         AdminAction::ResetMfa => {
             store.set_mfa(user.id, None).await?;

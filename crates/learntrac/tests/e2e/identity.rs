@@ -174,8 +174,16 @@ async fn mail_goes_to_a_file_without_smtp() {
     let fields = [("name", "Bo"), ("email", "bo@example.org"), ("password", "Correct-Horse-Battery-9")];
     let response = post_anonymous(&server, "/signup", "/signup", &fields).await;
     assert_eq!(response.status(), 303);
+    // Mail goes out after the response.
     let outbox = server.data_dir.join("mail").join("outbox");
-    let text = std::fs::read_to_string(&outbox).expect("outbox");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        match std::fs::read_to_string(&outbox) {
+            Ok(text) if text.contains("To: bo@example.org") => break text,
+            _ => assert!(std::time::Instant::now() < deadline, "no mail in {}", outbox.display()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(text.contains("To: bo@example.org"), "{text}");
     code_in(&text);
     #[cfg(unix)]
@@ -496,6 +504,10 @@ async fn authorization_code_flow_with_pkce_and_refresh_families() {
     let anonymous = get(with_pkce.clone() + "&prompt=none", None).await;
     let location = anonymous.headers()["location"].to_str().expect("ascii").to_string();
     assert!(location.starts_with("https://app.example/callback?error=login_required"), "{location}");
+    let fresh = get(with_pkce.clone() + "&prompt=login", Some(session.clone())).await;
+    let location = fresh.headers()["location"].to_str().expect("ascii").to_string();
+    assert!(location.starts_with("/login?next=/oauth2/authorize"), "prompt=login asks to sign in again: {location}");
+    assert!(!location.contains("prompt"), "and comes back without it: {location}");
 
     let response = get(with_pkce.clone(), Some(session.clone())).await;
     let code = query_value(response.headers()["location"].to_str().expect("ascii"), "code").expect("code");
