@@ -3,6 +3,7 @@
 //! subcommands administer a data directory.
 
 mod backups;
+mod model;
 mod observe;
 mod secrets;
 mod settings;
@@ -61,6 +62,9 @@ enum Command {
     /// Rotate and show the token-signing keys.
     #[command(subcommand)]
     TokenKey(users::TokenKeyCommand),
+    /// Install and show the sentence-embedding model (all-MiniLM-L6-v2).
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     /// Add a textbook (PDF, HTML or Markdown) to the library.
     Ingest {
         #[command(flatten)]
@@ -226,6 +230,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::User(command) => users::run_user(command).await,
         Command::Client(command) => users::run_client(command).await,
         Command::TokenKey(command) => users::run_token_key(command).await,
+        Command::Model(command) => model::run(command),
         Command::Ingest { data, file } => ingest(data, &file).await,
         Command::Secret(command) => secrets::run(command).await,
         Command::Backup(command) => backups::run(command).await,
@@ -277,6 +282,10 @@ async fn serve(args: ServeArgs, internal: Option<InternalTlsArgs>) -> Result<()>
 
     let state = AppState::open(config).await?;
     state.watch_keys(KEY_CHECK);
+    if !model::model_dir(&state.config.data_dir).join("model.safetensors").exists() {
+        // NOTE: search does not use the installed model yet either.
+        tracing::info!("no sentence-embedding model is installed; search uses the built-in embedder");
+    }
     if state.config.identity.smtp.is_none() {
         tracing::warn!(
             mail = %state.mailer.describe(),

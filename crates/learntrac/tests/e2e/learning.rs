@@ -305,3 +305,44 @@ async fn instructors_edit_wiki_pages() {
         server.client.get(server.url("/wiki/..%2f..%2fetc")).header("cookie", &learner).send().await.expect("page");
     assert_eq!(invalid.status(), 400);
 }
+
+#[tokio::test]
+async fn model_installs_from_a_folder() {
+    let Ok(model) = std::env::var("LEARNTRAC_MINILM_DIR") else {
+        assert!(
+            std::env::var("LEARNTRAC_REQUIRE_MODEL").as_deref() != Ok("1"),
+            "LEARNTRAC_REQUIRE_MODEL=1 but LEARNTRAC_MINILM_DIR is not set"
+        );
+        eprintln!("skipped: set LEARNTRAC_MINILM_DIR to the all-MiniLM-L6-v2 folder");
+        return;
+    };
+    let server = Server::new().await;
+    let text = |output: &std::process::Output| String::from_utf8_lossy(&output.stdout).to_string();
+    let errors = |output: &std::process::Output| String::from_utf8_lossy(&output.stderr).to_string();
+
+    let show = server.cli(&["model", "show"], "");
+    assert!(show.status.success());
+    assert!(text(&show).contains("no model installed"), "{}", text(&show));
+
+    let missing = server.cli(&["model", "install", "--from", "/no/such/folder"], "");
+    assert!(!missing.status.success());
+    assert!(errors(&missing).contains("/no/such/folder"), "{}", errors(&missing));
+    let incomplete = server.data_dir.join("incomplete-model");
+    std::fs::create_dir_all(&incomplete).expect("folder");
+    std::fs::copy(std::path::Path::new(&model).join("config.json"), incomplete.join("config.json")).expect("copy");
+    let partial = server.cli(&["model", "install", "--from", incomplete.to_str().expect("utf-8")], "");
+    assert!(!partial.status.success());
+    assert!(errors(&partial).contains("sentence_bert_config.json"), "{}", errors(&partial));
+
+    let install = server.cli(&["model", "install", "--from", &model], "");
+    assert!(install.status.success(), "{}", errors(&install));
+    assert!(text(&install).contains("installed all-MiniLM-L6-v2@"), "{}", text(&install));
+    let show = server.cli(&["model", "show"], "");
+    assert!(text(&show).contains("384 dimensions, a window of 256 tokens"), "{}", text(&show));
+    let leftovers: Vec<_> = std::fs::read_dir(server.data_dir.join("models"))
+        .expect("models folder")
+        .filter_map(|entry| entry.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "no staging folder is left: {leftovers:?}");
+}
