@@ -4,6 +4,7 @@
 
 mod account;
 pub mod admin;
+mod cors;
 pub mod mfa;
 mod oauth;
 pub mod pool;
@@ -43,16 +44,17 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/signup", get(account::sign_up_page).post(account::sign_up))
         .route("/signup/confirm", get(account::confirm_page).post(account::confirm))
         .route_layer(middleware::from_fn_with_state(state.clone(), crate::sessions::protect_forms));
-    Router::new()
+    // Browser applications on their own origin call these directly.
+    let cross_origin = Router::new()
         .route("/.well-known/openid-configuration", get(oauth::discovery))
         .route("/.well-known/jwks.json", get(oauth::jwks))
-        .route("/oauth2/authorize", get(oauth::authorize))
         .route("/oauth2/token", post(oauth::token))
         .route("/oauth2/userInfo", get(oauth::user_info).post(oauth::user_info))
         // Many client libraries spell the path in lower case.
         .route("/oauth2/userinfo", get(oauth::user_info).post(oauth::user_info))
         .route("/oauth2/revoke", post(oauth::revoke))
-        .merge(forms)
+        .layer(middleware::from_fn_with_state(state.clone(), cors::allow_client_origins));
+    Router::new().route("/oauth2/authorize", get(oauth::authorize)).merge(cross_origin).merge(forms)
 }
 
 /// The client address and user agent of a request, for auth events and the security log.

@@ -566,6 +566,37 @@ async fn authorization_code_flow_with_pkce_and_refresh_families() {
     assert_eq!(revoke.status(), 200);
     assert_eq!(server.get_json(access, "/api/v1/me").await.0, 401);
 
+    // Browser applications on a registered client's origin may call the
+    // token endpoint across origins; other origins get no CORS headers.
+    let preflight = |origin: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .client
+                .request(reqwest::Method::OPTIONS, server.url("/oauth2/token"))
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "content-type")
+                .send()
+                .await
+                .expect("preflight")
+        }
+    };
+    let allowed = preflight("https://app.example").await;
+    assert_eq!(allowed.status(), 204);
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.example");
+    assert!(allowed.headers()["access-control-allow-methods"].to_str().expect("ascii").contains("POST"));
+    let refused = preflight("https://evil.example").await;
+    assert!(refused.headers().get("access-control-allow-origin").is_none(), "an unregistered origin");
+    let keys = server
+        .client
+        .get(server.url("/.well-known/jwks.json"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("jwks");
+    assert_eq!(keys.headers()["access-control-allow-origin"], "*", "the key set is public");
+
     // Sign-out returns only to an address the client registered.
     let evil =
         get("/logout?client_id=web&logout_uri=https%3A%2F%2Fevil.example%2F".into(), Some(session.clone())).await;
