@@ -673,8 +673,8 @@ pub async fn authenticate(state: &AppState, token: &str, source: &str) -> Result
 }
 
 /// Returns the user of a built-in provider's token whose signature and
-/// claims are valid, without logging, caching or asking the database;
-/// `None` for anything else, an external provider's tokens included.
+/// claims are valid, without logging, caching or querying the database.
+/// Returns `None` for anything else, an external provider's tokens included.
 pub(crate) fn builtin_user_quietly(state: &AppState, token: &str) -> Option<i64> {
     if state.external_keys.is_some() {
         return None;

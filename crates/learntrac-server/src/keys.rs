@@ -152,7 +152,7 @@ impl KeyPair {
     }
 }
 
-/// A short, stable key id: the first 12 bytes of the SHA-256 of the public key.
+/// Returns a short, stable key id: the first 12 bytes of the SHA-256 of the public key.
 fn key_id(public: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, public);
     URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12])
@@ -212,7 +212,7 @@ pub fn ensure_signing_key(store: &mut SecretStore, data_dir: &Path, now: i64) ->
     Ok(stored)
 }
 
-/// What a rotation did.
+/// The key ids a rotation replaced and introduced.
 pub struct Rotated {
     pub new_kid: String,
     pub retired_kid: String,

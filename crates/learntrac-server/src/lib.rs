@@ -161,7 +161,7 @@ impl AppState {
         unix_now()
     }
 
-    /// The current signing keys.
+    /// Returns the current signing keys.
     pub fn keys(&self) -> Arc<keys::SigningKeys> {
         self.signing_keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -219,13 +219,13 @@ impl AppState {
     }
 }
 
-/// How long a retired signing key stays in the key set: until every token
+/// Returns how long a retired signing key stays in the key set: until every token
 /// it signed has expired.
 pub fn key_keep_seconds(config: &ServerConfig) -> i64 {
     config.access_token_seconds.max(config.identity.id_token_seconds) + config.identity.clock_skew_seconds
 }
 
-/// The mailer of the settings: SMTP, or the outbox file in the data directory.
+/// Opens the mailer of the settings: SMTP, or the outbox file in the data directory.
 pub fn open_mailer(
     config: &ServerConfig,
     secrets: &learntrac_secrets::RoleSecrets,

@@ -98,7 +98,7 @@ fn install(data_dir: &Path, from: Option<&Path>) -> Result<()> {
 /// Copies the model files from `source` into `target`.
 fn copy_model(source: &Path, target: &Path) -> Result<()> {
     if !source.is_dir() {
-        bail!("{} is not a folder; give the folder that holds config.json and model.safetensors", source.display());
+        bail!("{} is not a folder; give the folder that contains config.json and model.safetensors", source.display());
     }
     for file in MODEL_FILES {
         let from = source.join(file);

@@ -112,7 +112,7 @@ pub enum UserCommand {
         email: String,
     },
     /// Turn off a user's TOTP and end their sessions, when they lost the
-    /// authenticator and the recovery codes; they set it up again at the
+    /// authenticator and the recovery codes. They set it up again at the
     /// next sign-in if their group requires it.
     ResetMfa {
         #[command(flatten)]

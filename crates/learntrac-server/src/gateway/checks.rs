@@ -206,7 +206,7 @@ async fn check_rate_limits(
 /// Returns the user id of the request's bearer token or session cookie
 /// when it is valid, so that one user's sessions share a bucket and no
 /// client can spend another user's. Both lookups are cached, so the role
-/// that handles the request finds the answer ready.
+/// that handles the request finds the result ready.
 async fn signed_in_user(state: &AppState, headers: &axum::http::HeaderMap) -> Option<i64> {
     if let Some(token) = crate::auth::bearer_token(headers) {
         let skew = state.config.identity.clock_skew_seconds;

@@ -183,8 +183,8 @@ pub struct SignUpForm {
 /// Creates an unverified account and mails a code. An address that has an
 /// account already gets the same response, so that sign-up does not reveal
 /// who has an account. An unverified account takes the new name and
-/// password and gets a new code, so that whoever signed up first with
-/// somebody else's address holds nothing once its owner verifies it.
+/// password and gets a new code, so that a person who signed up first with
+/// somebody else's address keeps no access once its owner verifies it.
 pub async fn sign_up(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -406,7 +406,7 @@ pub async fn reset(
     if let Err(error) = limit_sign_in(&state, origin.peer) {
         return page(error.status(), &error.to_string());
     }
-    // The policy is checked before the account is looked up, so the answer
+    // The policy is checked before the account is looked up, so the response
     // to a weak password does not reveal whether the address has an account.
     if let Err(problem) = state.config.identity.password_policy.check(&form.new_password, Some(form.email.trim())) {
         return page(StatusCode::BAD_REQUEST, &format!("{}.", capitalise(&problem)));

@@ -369,6 +369,17 @@ fn url_decode(value: &str) -> String {
         .map_or_else(|| value.to_string(), |(_, v)| v)
 }
 
+/// Returns the parameters of a token or revocation request, or the error
+/// that names the expected encoding.
+fn form_parameters(request: Result<Form<TokenRequest>, FormRejection>) -> Result<TokenRequest, OAuthError> {
+    request.map(|Form(request)| request).map_err(|rejection| {
+        OAuthError::new(
+            "invalid_request",
+            format!("send the parameters form-encoded (application/x-www-form-urlencoded): {}", rejection.body_text()),
+        )
+    })
+}
+
 fn no_store(body: serde_json::Value) -> Response {
     let mut response = Json(body).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -381,12 +392,7 @@ pub async fn token(
     origin: Origin,
     request: Result<Form<TokenRequest>, FormRejection>,
 ) -> Result<Response, OAuthError> {
-    let Form(request) = request.map_err(|rejection| {
-        OAuthError::new(
-            "invalid_request",
-            format!("send the parameters form-encoded (application/x-www-form-urlencoded): {}", rejection.body_text()),
-        )
-    })?;
+    let request = form_parameters(request)?;
     let client = authenticate_client(&state, &headers, &request).await?;
     let Some(grant_type) = request.grant_type.as_deref() else {
         return Err(OAuthError::new("invalid_request", "grant_type is missing"));
@@ -692,7 +698,7 @@ pub async fn revoke(
     origin: Origin,
     request: Result<Form<TokenRequest>, FormRejection>,
 ) -> Result<Response, OAuthError> {
-    let Form(request) = request.map_err(|r| OAuthError::new("invalid_request", r.body_text()))?;
+    let request = form_parameters(request)?;
     let client = authenticate_client(&state, &headers, &request).await?;
     let Some(token) = request.token.as_deref() else {
         return Err(OAuthError::new("invalid_request", "token is missing"));

@@ -12,7 +12,7 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// The reason a password check failed. Only the log and the user's event
-/// history record it; the client gets the same response whatever it was,
+/// history record it. The client gets the same response for every reason,
 /// except that an unverified address is named once the password matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -225,7 +225,7 @@ pub enum AdminAction {
     SignOut,
     Unlock,
     /// Turns TOTP off and ends every session, for a user who lost the
-    /// authenticator and the recovery codes; a group that requires TOTP
+    /// authenticator and the recovery codes. A group that requires TOTP
     /// makes the user set it up again at the next sign-in.
     ResetMfa,
 }

@@ -467,13 +467,13 @@ pub fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
         .find(|pair| pair.starts_with(&format!("{name}=")))
 }
 
-/// The TOTP code of `secret` for the time step `steps` after the current one.
+/// Returns the TOTP code of `secret` for the time step `steps` after the current one.
 pub fn totp_code(secret: &str, steps: i64) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
     learntrac_identity::totp::TotpSecret::from_base32(secret).expect("base32 secret").code_at(now + 30 * steps)
 }
 
-/// The text between `start` and the next `end` in `text`.
+/// Returns the text between `start` and the next `end` in `text`.
 pub fn between(text: &str, start: &str, end: &str) -> Option<String> {
     let from = text.find(start)? + start.len();
     let to = text[from..].find(end)? + from;

@@ -35,7 +35,7 @@ async fn with_smtp(server: &Server, identity: &str) -> TestSmtpServer {
     smtp
 }
 
-/// The 8-digit code in the body of a mailed message.
+/// Returns the 8-digit code in the body of a mailed message.
 fn code_in(message: &str) -> String {
     let body = message.split_once("\r\n\r\n").or_else(|| message.split_once("\n\n")).map_or(message, |(_, body)| body);
     let digits: Vec<char> = body.chars().collect();
@@ -61,7 +61,7 @@ async fn post_anonymous(server: &Server, page: &str, action: &str, fields: &[(&s
     server.client.post(server.url(action)).header("cookie", cookie).form(&fields).send().await.expect("form post")
 }
 
-/// The claims of a JWT, without checking it.
+/// Decodes the claims of a JWT without checking it.
 fn claims(token: &str) -> Value {
     let payload = token.split('.').nth(1).expect("a JWT has a payload");
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("JSON claims")
@@ -152,7 +152,7 @@ async fn sign_up_verifies_the_address_by_mail() {
     assert_eq!(me["name"], "Ada");
     assert_eq!(server.token_response("ada@example.org", "Mallory-Was-Here-1").await.status(), 400);
 
-    // Signing up again with a taken address answers the same and tells the owner.
+    // Signing up again with a taken address gets the same response and a note to the owner.
     let fields = [("name", "Mallory"), ("email", "ada@example.org"), ("password", "Another-Pass-2026")];
     let response = post_anonymous(&server, "/signup", "/signup", &fields).await;
     assert_eq!(response.status(), 303);
@@ -228,14 +228,14 @@ async fn repeated_failures_lock_the_account_until_unlocked() {
 }
 
 #[tokio::test]
-async fn a_forgotten_password_is_reset_by_mailed_code() {
+async fn password_reset_by_mailed_code() {
     let mut server = Server::new().await;
     let smtp = with_smtp(&server, "").await;
     server.add_user("learner@example.org", "students");
     server.serve().await;
     let old = server.token("learner@example.org").await;
 
-    // An unknown address gets the same answer and no mail.
+    // An unknown address gets the same response and no mail.
     for email in ["nobody@example.org", "learner@example.org"] {
         let response = post_anonymous(&server, "/account/reset", "/account/reset", &[("email", email)]).await;
         assert_eq!(response.status(), 303);
@@ -266,7 +266,7 @@ async fn a_forgotten_password_is_reset_by_mailed_code() {
 }
 
 #[tokio::test]
-async fn totp_guards_sign_in_and_recovery_codes_work_once() {
+async fn totp_sign_in_and_recovery_codes() {
     let mut server = Server::new().await;
     server.write_settings(RELAXED_SIGN_IN);
     server.add_user("learner@example.org", "students");
@@ -287,7 +287,7 @@ async fn totp_guards_sign_in_and_recovery_codes_work_once() {
     assert_eq!(server.token_with_code("learner@example.org", &code).await.status(), 200);
     assert_eq!(server.token_with_code("learner@example.org", &code).await.status(), 400, "a replayed code fails");
 
-    // The form sign-in asks for the code on a second page.
+    // The sign-in form requests the code on a second page.
     let (form_cookie, token) = server.anonymous_form("/login").await;
     let response = server
         .client
@@ -346,7 +346,7 @@ async fn totp_guards_sign_in_and_recovery_codes_work_once() {
     }
 }
 
-/// A PKCE verifier and its S256 challenge.
+/// Returns a PKCE verifier and its S256 challenge.
 fn pkce() -> (String, String) {
     let verifier = format!("v{}", "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG".repeat(1));
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
@@ -477,7 +477,8 @@ async fn authorization_code_flow_with_pkce_and_refresh_families() {
     assert_eq!(access_claims["client_id"], "web");
     assert_eq!(access_claims["scope"], "openid email learntrac/api");
     assert_eq!(access_claims["groups"], json!(["students"]));
-    assert!(access_claims["auth_time"].is_i64() && access_claims["jti"].is_string());
+    assert!(access_claims["auth_time"].is_i64(), "{access_claims}");
+    assert!(access_claims["jti"].is_string(), "{access_claims}");
     assert!(access_claims.get("aud").is_none(), "access tokens carry client_id, not aud");
     assert!(header(&access)["kid"].is_string());
     let id_claims = claims(tokens["id_token"].as_str().expect("id token"));
@@ -872,7 +873,8 @@ async fn rotated_signing_keys_keep_old_tokens_valid() {
     assert_eq!(server.get_json(&new, "/api/v1/me").await.0, 200, "ES256 tokens are accepted");
     assert_eq!(server.get_json(&old, "/api/v1/me").await.0, 200, "tokens of the retired key still work");
     let show = stdout(&server.cli(&["token-key", "show"], ""));
-    assert!(show.contains(&old_kid) && show.contains("retired"), "{show}");
+    assert!(show.contains(&old_kid), "{show}");
+    assert!(show.contains("retired"), "{show}");
 }
 
 /// An HTTPS server on loopback that serves a key set and counts requests.
@@ -968,7 +970,7 @@ fn header_for(key: &learntrac_server::keys::KeyPair) -> jsonwebtoken::Header {
 }
 
 #[tokio::test]
-async fn tokens_of_an_external_provider_are_checked_and_mapped() {
+async fn external_provider_tokens_checked() {
     let mut server = Server::new().await;
     server.ingest(&crate::harness::corpus_dir().join("R-intro.pdf"));
     let keyset = KeySetServer::start(&server.data_dir).await;
