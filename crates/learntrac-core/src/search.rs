@@ -1,5 +1,7 @@
-//! The in-memory hybrid index: lexical (BM25-style term weighting) plus
-//! semantic (cosine of offline embeddings) relevance over book chunks.
+//! The in-memory index over book chunks. With a sentence-embedding model,
+//! relevance is the calibrated cosine of the query's and the passage's
+//! vectors; with the built-in embedder it combines lexical (BM25-style
+//! term weighting) and semantic evidence.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +19,21 @@ pub struct Passage {
     /// Headings of the enclosing chapter and sections, outermost first.
     pub context: String,
     pub text: String,
+    /// The PDF page the passage starts on.
+    pub page: Option<i64>,
+}
+
+/// How relevance follows from the evidence, for the model whose vectors
+/// the index holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scoring {
+    /// The built-in embedder, whose cosines are weak evidence alone:
+    /// lexical and semantic relevance combined.
+    Hybrid,
+    /// A sentence-embedding model: relevance is the cosine mapped linearly
+    /// from `zero` (relevance 0) to `full` (relevance 1). The mapping does
+    /// not depend on the library, so a threshold means the same at any size.
+    Cosine { zero: f32, full: f32 },
 }
 
 #[derive(Clone, Debug)]
@@ -49,16 +66,34 @@ const B: f32 = 0.75;
 /// short query and a long passage, so it maps to full semantic relevance.
 const SEMANTIC_FULL: f32 = 0.45;
 
-#[derive(Default)]
 pub struct Index {
+    /// The model whose vectors the index holds.
+    model: String,
+    scoring: Scoring,
     entries: Vec<Entry>,
     document_frequency: HashMap<String, u32>,
     total_length: u64,
 }
 
 impl Index {
-    pub fn new() -> Index {
-        Index::default()
+    /// Creates an empty index for the vectors of `model`.
+    pub fn new(model: &str, scoring: Scoring) -> Index {
+        Index {
+            model: model.to_string(),
+            scoring,
+            entries: Vec::new(),
+            document_frequency: HashMap::new(),
+            total_length: 0,
+        }
+    }
+
+    /// The model whose vectors the index holds; queries must be embedded by it.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn scoring(&self) -> Scoring {
+        self.scoring
     }
 
     pub fn len(&self) -> usize {
@@ -94,15 +129,15 @@ impl Index {
 
     /// Returns up to `limit` passages with relevance of at least
     /// `min_relevance`, best first, at most one per section (its best), so
-    /// that a long section does not crowd out the others.
-    pub fn search(&self, query: &str, limit: usize, min_relevance: f32) -> Vec<Hit> {
+    /// that a long section does not crowd out the others. `query_embedding`
+    /// is the query's vector by the index's model.
+    pub fn search(&self, query: &str, query_embedding: &[f32], limit: usize, min_relevance: f32) -> Vec<Hit> {
         let mut query_terms = text::terms(query);
         query_terms.sort();
         query_terms.dedup();
         if query_terms.is_empty() || self.entries.is_empty() {
             return Vec::new();
         }
-        let query_embedding = embed::embed(query);
         let count = self.entries.len() as f32;
         let average_length = self.total_length as f32 / count;
         let idf: Vec<f32> = query_terms
@@ -140,9 +175,17 @@ impl Index {
                 }
                 let lexical = if idf_total > 0.0 { matched / idf_total } else { 0.0 };
                 let coverage = if idf_total > 0.0 { present / idf_total } else { 0.0 };
-                let cosine = embed::cosine(&query_embedding, &entry.embedding);
-                let semantic = (cosine / SEMANTIC_FULL).clamp(0.0, 1.0);
-                let relevance = LEXICAL_WEIGHT * lexical + (1.0 - LEXICAL_WEIGHT) * semantic;
+                let cosine = embed::cosine(query_embedding, &entry.embedding);
+                let (semantic, relevance) = match self.scoring {
+                    Scoring::Hybrid => {
+                        let semantic = (cosine / SEMANTIC_FULL).clamp(0.0, 1.0);
+                        (semantic, hybrid_relevance(LEXICAL_WEIGHT * lexical + (1.0 - LEXICAL_WEIGHT) * semantic))
+                    }
+                    Scoring::Cosine { zero, full } => {
+                        let semantic = ((cosine - zero) / (full - zero)).clamp(0.0, 1.0);
+                        (semantic, semantic)
+                    }
+                };
                 Hit { passage: entry.passage.clone(), relevance, lexical, semantic, coverage }
             })
             .filter(|hit| hit.relevance >= min_relevance)
@@ -152,6 +195,25 @@ impl Index {
         hits.retain(|hit| seen_sections.insert(hit.passage.section_id));
         hits.truncate(limit);
         hits
+    }
+}
+
+/// The built-in embedder's combined score at which a passage was found to
+/// be about the query, on the books in the test corpus.
+const HYBRID_THRESHOLD: f32 = 0.3;
+/// The relevance every scoring gives a passage that is about the query;
+/// `min_relevance` defaults to it.
+pub const RELEVANT: f32 = 0.65;
+
+/// Maps the built-in embedder's combined score onto the common relevance
+/// scale: linear pieces through (0, 0), ([`HYBRID_THRESHOLD`], [`RELEVANT`])
+/// and (1, 1). The combined score is a share of the query's information
+/// found, so it does not grow or shrink with the library.
+fn hybrid_relevance(score: f32) -> f32 {
+    if score <= HYBRID_THRESHOLD {
+        score / HYBRID_THRESHOLD * RELEVANT
+    } else {
+        RELEVANT + (score - HYBRID_THRESHOLD) / (1.0 - HYBRID_THRESHOLD) * (1.0 - RELEVANT)
     }
 }
 
@@ -174,12 +236,13 @@ mod tests {
             heading: heading.into(),
             context: String::new(),
             text: body.into(),
+            page: None,
         }
     }
 
     #[test]
     fn finds_the_matching_section_first() {
-        let mut index = Index::new();
+        let mut index = Index::new("builtin", Scoring::Hybrid);
         for (id, heading, body) in [
             (1, "2.1 Vectors", "R operates on named data structures. The simplest is the numeric vector."),
             (2, "2.5 Missing values", "A missing value is marked NA. Any operation on an NA becomes an NA."),
@@ -187,14 +250,15 @@ mod tests {
         ] {
             index.insert(passage(id, heading, body), embed::embed(&embedding_text("", heading, body)));
         }
-        let hits = index.search("how does R handle missing values", 10, 0.0);
+        let search = |query: &str, min| index.search(query, &embed::embed(query), 10, min);
+        let hits = search("how does R handle missing values", 0.0);
         assert_eq!(hits[0].passage.chunk_id, 2);
         assert!(hits[0].relevance > hits[1].relevance);
         let sections: Vec<i64> = hits.iter().map(|h| h.passage.section_id).collect();
         assert_eq!(sections.len(), 3, "one hit per section");
         let graphics = hits.iter().find(|h| h.passage.chunk_id == 3).map_or(0.0, |h| h.coverage);
         assert!(hits[0].coverage > graphics, "the best hit contains more of the query");
-        assert!(index.search("missing values", 10, 0.99).len() <= 1);
-        assert!(index.search("the of and", 10, 0.0).is_empty());
+        assert!(search("missing values", 0.99).len() <= 1);
+        assert!(search("the of and", 0.0).is_empty());
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use learntrac_core::book::{Book, Format};
 use learntrac_core::embed;
 use learntrac_core::ingest;
-use learntrac_core::search::{Index, Passage, embedding_text};
+use learntrac_core::search::{Index, Passage, Scoring, embedding_text};
 
 fn corpus_file(name: &str) -> PathBuf {
     let root = std::env::var_os("LEARNTRAC_CORPUS")
@@ -66,7 +66,7 @@ fn r_intro_keeps_outline_titles() {
 #[test]
 fn r_intro_search_finds_missing_values() {
     let book = load("R-intro.pdf");
-    let mut index = Index::new();
+    let mut index = Index::new("builtin", Scoring::Hybrid);
     for (i, chunk) in book.chunks().into_iter().enumerate() {
         let heading = &book.sections[chunk.section].heading;
         let context = book.context(chunk.section);
@@ -80,11 +80,13 @@ fn r_intro_search_finds_missing_values() {
                 heading: heading.clone(),
                 context,
                 text: chunk.text,
+                page: None,
             },
             vector,
         );
     }
-    let hits = index.search("I want to understand how R handles missing values", 5, 0.0);
+    let query = "I want to understand how R handles missing values";
+    let hits = index.search(query, &embed::embed(query), 5, 0.0);
     if std::env::var_os("LEARNTRAC_PRINT_SECTIONS").is_some() {
         for h in &hits {
             println!("{:.3} lex {:.3} sem {:.3} {}", h.relevance, h.lexical, h.semantic, h.passage.heading);

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use learntrac_core::search::Hit;
-use learntrac_store::{PathRecord, Ticket};
+use learntrac_store::{JobRecord, PathRecord, Ticket};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::auth::{AdminApiUser, ApiCaller, ApiUser, LibraryWriter, SCOPE_READ, StaffApiUser};
 use crate::error::{ApiError, ApiResult};
-use crate::{graph, service};
+use crate::{graph, library, service};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -29,6 +29,9 @@ pub fn routes() -> Router<AppState> {
         .merge(crate::idp::admin::api_routes())
         .route("/books", get(list_books))
         .route("/books/{id}", axum::routing::delete(delete_book))
+        .route("/jobs", get(list_jobs))
+        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/search", post(search))
         .route("/paths", get(list_paths).post(create_path))
         .route("/paths/{id}", get(get_path))
@@ -97,10 +100,11 @@ struct UploadQuery {
     name: Option<String>,
 }
 
-/// Ingests the request body as a book; `?name=FILE.pdf` gives its format.
+/// Accepts the request body as a book to ingest in the background;
+/// `?name=FILE.pdf` gives its format. Answers 202 with the job.
 async fn upload_book(
     State(state): State<AppState>,
-    LibraryWriter(user_id): LibraryWriter,
+    LibraryWriter(actor): LibraryWriter,
     query: Result<Query<UploadQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -119,8 +123,56 @@ async fn upload_book(
     if body.is_empty() {
         return Err(ApiError::bad_request("empty_body", "the request body is empty; send the file's bytes"));
     }
-    let record = service::ingest_book(&state, body.to_vec(), name, user_id).await?;
-    Ok((StatusCode::CREATED, Json(json!(record))))
+    let job = library::submit_book(&state, body.to_vec(), name, actor).await?;
+    Ok((StatusCode::ACCEPTED, Json(job_json(&job))))
+}
+
+/// A job as the API shows it, with the address to follow it at.
+pub fn job_json(job: &JobRecord) -> Value {
+    json!({
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "file_name": job.file_name,
+        "model": job.model,
+        "pages_done": job.pages_done,
+        "pages_total": job.pages_total,
+        "passages_done": job.passages_done,
+        "passages_total": job.passages_total,
+        "book_id": job.book_id,
+        "error": job.error,
+        "cancel_requested": job.cancel_requested,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "href": format!("/api/v1/jobs/{}", job.id),
+    })
+}
+
+/// Most jobs `GET /api/v1/jobs` lists.
+const LISTED_JOBS: i64 = 100;
+
+async fn list_jobs(State(state): State<AppState>, _writer: LibraryWriter) -> ApiResult<Json<Value>> {
+    let jobs = state.store.list_jobs(LISTED_JOBS).await?;
+    Ok(Json(json!({ "jobs": jobs.iter().map(job_json).collect::<Vec<_>>() })))
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    _writer: LibraryWriter,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&id, "job")?;
+    let job = state.store.job(id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    Ok(Json(job_json(&job)))
+}
+
+async fn cancel_job(
+    State(state): State<AppState>,
+    LibraryWriter(actor): LibraryWriter,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let job = library::cancel_job(&state, parse_id(&id, "job")?, actor).await?;
+    Ok((StatusCode::ACCEPTED, Json(job_json(&job))))
 }
 
 /// Lists the user pool for admins and operators.
@@ -135,7 +187,7 @@ async fn delete_book(
     StaffApiUser(user): StaffApiUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    service::delete_book(&state, parse_id(&id, "book")?, user.user_id).await?;
+    library::delete_book(&state, parse_id(&id, "book")?, user.user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -159,6 +211,8 @@ pub fn passage_json(hit: &Hit) -> Value {
         "section_id": hit.passage.section_id,
         "book_title": hit.passage.book_title,
         "heading": hit.passage.heading,
+        "context": hit.passage.context,
+        "page": hit.passage.page,
         "text": hit.passage.text,
         "relevance": (f64::from(hit.relevance) * 1000.0).round() / 1000.0,
     })
@@ -177,8 +231,12 @@ async fn search(
             format!("limit must be from 1 to {}", service::MAX_PASSAGES),
         ));
     }
-    let hits = service::search(&state, &request.query, limit)?;
-    Ok(Json(json!({ "query": request.query.trim(), "passages": hits.iter().map(passage_json).collect::<Vec<_>>() })))
+    let found = library::search(&state, &request.query, limit).await?;
+    Ok(Json(json!({
+        "query": request.query.trim(),
+        "model": found.model,
+        "passages": found.hits.iter().map(passage_json).collect::<Vec<_>>(),
+    })))
 }
 
 #[derive(Deserialize)]
@@ -311,6 +369,9 @@ mod tests {
             ("/api/v1/books", "get"),
             ("/api/v1/books", "post"),
             ("/api/v1/books/{id}", "delete"),
+            ("/api/v1/jobs", "get"),
+            ("/api/v1/jobs/{id}", "get"),
+            ("/api/v1/jobs/{id}/cancel", "post"),
             ("/api/v1/search", "post"),
             ("/api/v1/paths", "get"),
             ("/api/v1/paths", "post"),

@@ -6,8 +6,11 @@ use learntrac_store::{AuditEntry, AuditRecord, AuditVerification, Store};
 use crate::AppState;
 
 /// Who acted.
+#[derive(Clone, Debug)]
 pub enum Actor {
     User(i64),
+    /// A service account, by its client id.
+    Service(String),
     /// The operator at the command line; the name is the operating-system user.
     Cli,
     /// LearnTrac itself, such as a key generated at start-up.
@@ -21,6 +24,7 @@ impl Actor {
     pub fn label(&self) -> String {
         match self {
             Actor::User(id) => format!("user:{id}"),
+            Actor::Service(client_id) => format!("service:{client_id}"),
             Actor::Cli => format!("cli:{}", operating_system_user()),
             Actor::System => "system".to_string(),
             Actor::Anonymous => "anonymous".to_string(),

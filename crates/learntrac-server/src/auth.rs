@@ -916,8 +916,8 @@ group_extractor!(AdminPageUser, PageUser, is_administrator, ADMIN_ONLY, Response
 });
 
 /// A caller that may add books: an instructor or admin, or a service
-/// account with [`SCOPE_WRITE`]. Holds the user id of a user.
-pub struct LibraryWriter(pub Option<i64>);
+/// account with [`SCOPE_WRITE`], as the audit trail names it.
+pub struct LibraryWriter(pub crate::audit::Actor);
 
 impl FromRequestParts<AppState> for LibraryWriter {
     type Rejection = ApiError;
@@ -926,8 +926,10 @@ impl FromRequestParts<AppState> for LibraryWriter {
         let caller = ApiCaller::from_request_parts(parts, state).await?;
         caller.require_scope(SCOPE_WRITE)?;
         match caller.0 {
-            Caller::Service { .. } => Ok(LibraryWriter(None)),
-            Caller::User(principal) if principal.is_staff() => Ok(LibraryWriter(Some(principal.user_id))),
+            Caller::Service { client_id, .. } => Ok(LibraryWriter(crate::audit::Actor::Service(client_id))),
+            Caller::User(principal) if principal.is_staff() => {
+                Ok(LibraryWriter(crate::audit::Actor::User(principal.user_id)))
+            }
             Caller::User(principal) => {
                 record_denied(state, &principal, parts, STAFF_ONLY).await;
                 Err(ApiError::Forbidden(STAFF_ONLY.into()))

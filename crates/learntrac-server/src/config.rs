@@ -57,6 +57,7 @@ pub struct ServerConfig {
     pub backup_max_age_hours: i64,
     pub gateway: crate::gateway::settings::GatewaySettings,
     pub identity: crate::idp::settings::IdentitySettings,
+    pub embeddings: crate::embedder::EmbeddingSettings,
 }
 
 /// Shows the settings with the database password hidden.
@@ -92,7 +93,7 @@ impl ServerConfig {
             refresh_token_seconds: 30 * 24 * 3600,
             session_seconds: 8 * 3600,
             admin_email: "admin@localhost".into(),
-            min_relevance: 0.3,
+            min_relevance: 0.65,
             max_upload_bytes: 64 * 1024 * 1024,
             master_key: KeySource::File(data_dir_key_file(&data_dir_for_key)),
             secret_policy: BTreeMap::new(),
@@ -109,6 +110,7 @@ impl ServerConfig {
             backup_max_age_hours: 26,
             gateway: crate::gateway::settings::GatewaySettings::default(),
             identity: crate::idp::settings::IdentitySettings::default(),
+            embeddings: crate::embedder::EmbeddingSettings::default(),
         }
     }
 }

@@ -9,11 +9,13 @@ pub mod backup;
 pub mod compliance;
 pub mod config;
 pub mod egress;
+pub mod embedder;
 pub mod error;
 pub mod gateway;
 pub mod graph;
 pub mod idp;
 pub mod keys;
+pub mod library;
 pub mod logs;
 pub mod metrics;
 pub mod pages;
@@ -51,7 +53,13 @@ pub struct AppInner {
     pub mfa_sealer: idp::mfa::Sealer,
     pub secrets: secrets::Secrets,
     pub config: ServerConfig,
-    pub index: RwLock<Index>,
+    /// The configured sentence embedder.
+    pub embedder: embedder::Embedder,
+    /// The search index; replaced whole when the library changes.
+    pub index: RwLock<Arc<Index>>,
+    /// Library jobs run one at a time, so that a search never waits for
+    /// more than one job's share of the CPU.
+    pub job_slots: tokio::sync::Semaphore,
     pub limiter: gateway::RateLimiter,
     pub revocations: auth::RevocationCache,
     pub verified_tokens: auth::VerifiedTokens,
@@ -123,7 +131,9 @@ impl AppState {
                 "other users may read the data directory; run chmod 700 on it"
             );
         }
-        let index = service::load_index(&store).await?;
+        let embedder =
+            embedder::Embedder::from_settings(&config.embeddings, &config.data_dir, &config.egress, &secrets)?;
+        let index = library::load_index(&store, &embedder).await?;
         idp::admin::ensure_cli_client(&store, unix_now()).await?;
         let state = AppState(Arc::new(AppInner {
             store,
@@ -134,7 +144,9 @@ impl AppState {
             mfa_sealer,
             secrets,
             config,
-            index: RwLock::new(index),
+            embedder,
+            index: RwLock::new(Arc::new(index)),
+            job_slots: tokio::sync::Semaphore::new(1),
             limiter: gateway::RateLimiter::new(),
             revocations: auth::RevocationCache::default(),
             verified_tokens: auth::VerifiedTokens::default(),

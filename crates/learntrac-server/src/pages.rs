@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::api::parse_id;
 use crate::auth::{AdminPageUser, PageUser, Principal, StaffPageUser};
 use crate::error::ApiError;
-use crate::{graph, service, wiki};
+use crate::{audit, graph, library, service, wiki};
 
 pub fn routes(max_upload_bytes: usize, state: &AppState) -> Router<AppState> {
     let upload_form = post(upload).layer(axum::extract::DefaultBodyLimit::max(max_upload_bytes));
@@ -28,6 +28,7 @@ pub fn routes(max_upload_bytes: usize, state: &AppState) -> Router<AppState> {
         .route("/roadmap", get(roadmap))
         .route("/admin", get(admin))
         .route("/library", get(library).merge(upload_form))
+        .route("/library/jobs/{id}/cancel", post(cancel_job))
         .merge(crate::idp::admin::page_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), crate::sessions::protect_forms))
 }
@@ -323,7 +324,7 @@ async fn preview_path(
     PageUser(user): PageUser,
     PageForm(form): PageForm<GoalForm>,
 ) -> PageResult {
-    let hits = service::search(&state, &form.goal, service::MAX_PASSAGES)?;
+    let hits = library::search(&state, &form.goal, service::MAX_PASSAGES).await?.hits;
     let mut html = format!("<h1>Passages for your goal</h1><p><em>{}</em></p>", escape(form.goal.trim()));
     if hits.is_empty() {
         html.push_str("<p class=\"error\">The library has no passage about this goal. Rephrase it, or ask an instructor to add a book on the subject.</p>");
@@ -545,8 +546,12 @@ async fn roadmap(State(state): State<AppState>, PageUser(user): PageUser) -> Pag
 
 #[derive(Deserialize)]
 struct LibraryQuery {
-    added: Option<i64>,
+    /// The job of the book just uploaded.
+    job: Option<i64>,
 }
+
+/// Jobs the library page lists for staff.
+const LISTED_JOBS: i64 = 10;
 
 async fn library(
     State(state): State<AppState>,
@@ -555,12 +560,9 @@ async fn library(
 ) -> PageResult {
     let books = state.store.list_books().await?;
     let mut html = String::from("<h1>Library</h1>");
-    if let Some(added) = query.added.and_then(|id| books.iter().find(|b| b.id == id)) {
+    if let Some(id) = query.job {
         html.push_str(&format!(
-            "<p class=\"notice\" role=\"status\">Added {}: {} sections, {} passages.</p>",
-            escape(&added.title),
-            added.sections,
-            added.chunks
+            "<p class=\"notice\" role=\"status\">The book is being added as job {id}; its progress is below.</p>"
         ));
     }
     if books.is_empty() {
@@ -579,6 +581,7 @@ async fn library(
         html.push_str("</table>");
     }
     if user.is_staff() {
+        html.push_str(&jobs_table(&state.store.list_jobs(LISTED_JOBS).await?));
         html.push_str(
             "<h2>Add a book</h2><form method=\"post\" action=\"/library\" enctype=\"multipart/form-data\" class=\"narrow\">\
              <label>PDF, HTML or Markdown file <input type=\"file\" name=\"book\" accept=\".pdf,.html,.htm,.md,.markdown\" required></label>\
@@ -606,10 +609,64 @@ async fn upload(
             .bytes()
             .await
             .map_err(|e| ApiError::bad_request("invalid_upload", format!("the upload could not be read: {e}")))?;
-        let record = service::ingest_book(&state, bytes.to_vec(), &name, Some(user.user_id)).await?;
-        return Ok(Redirect::to(&format!("/library?added={}", record.id)).into_response());
+        let job = library::submit_book(&state, bytes.to_vec(), &name, audit::Actor::User(user.user_id)).await?;
+        return Ok(Redirect::to(&format!("/library?job={}", job.id)).into_response());
     }
     Err(ApiError::bad_request("invalid_upload", "the form has no file in the field \"book\"").into())
+}
+
+/// The latest library jobs with their progress, a cancel button for each
+/// unfinished one, and a refresh while any is unfinished.
+fn jobs_table(jobs: &[learntrac_store::JobRecord]) -> String {
+    if jobs.is_empty() {
+        return String::new();
+    }
+    let mut html = String::from(
+        "<h2>Jobs</h2><table><tr><th>Job</th><th>File</th><th>State</th><th>Pages</th><th>Passages</th><th></th></tr>",
+    );
+    for job in jobs {
+        let what = match job.kind {
+            learntrac_store::JobKind::Ingest => job.file_name.clone().unwrap_or_default(),
+            learntrac_store::JobKind::Reembed => format!("library, by {}", job.model.as_deref().unwrap_or("?")),
+        };
+        let state = match (&job.error, job.cancel_requested && !job.state.is_finished()) {
+            (Some(error), _) => format!("{}: {}", job.state.as_str(), escape(error)),
+            (None, true) => "cancelling".to_string(),
+            (None, false) => job.state.as_str().to_string(),
+        };
+        let action = if job.state.is_finished() {
+            String::new()
+        } else {
+            format!(
+                "<form method=\"post\" action=\"/library/jobs/{}/cancel\"><button type=\"submit\">Cancel</button></form>",
+                job.id
+            )
+        };
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{state}</td><td>{}/{}</td><td>{}/{}</td><td>{action}</td></tr>",
+            job.id,
+            escape(&what),
+            job.pages_done,
+            job.pages_total,
+            job.passages_done,
+            job.passages_total
+        ));
+    }
+    html.push_str("</table>");
+    if jobs.iter().any(|j| !j.state.is_finished()) {
+        html.push_str("<meta http-equiv=\"refresh\" content=\"3\">");
+    }
+    html
+}
+
+async fn cancel_job(
+    State(state): State<AppState>,
+    StaffPageUser(user): StaffPageUser,
+    Path(id): Path<String>,
+) -> PageResult {
+    let id = parse_id(&id, "job")?;
+    library::cancel_job(&state, id, audit::Actor::User(user.user_id)).await?;
+    Ok(Redirect::to("/library").into_response())
 }
 
 #[cfg(test)]

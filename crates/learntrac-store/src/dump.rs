@@ -23,6 +23,7 @@ pub const TABLES: &[(&str, &str)] = &[
     ("books", "id"),
     ("sections", "id"),
     ("chunks", "id"),
+    ("chunk_vectors", "chunk_id, model"),
     ("milestones", "id"),
     ("paths", "id"),
     ("tickets", "id"),
@@ -40,6 +41,7 @@ pub const TABLES: &[(&str, &str)] = &[
     ("sessions", "id_hash"),
     ("oauth_clients", "client_id"),
     ("authorization_codes", "code_hash"),
+    ("jobs", "id"),
 ];
 
 /// Tables whose rows the migrations create; an import replaces them, and

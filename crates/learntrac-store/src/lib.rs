@@ -7,6 +7,7 @@ mod alerts;
 mod audit;
 mod dump;
 mod identity;
+mod jobs;
 mod learning;
 mod library;
 mod users;
@@ -19,8 +20,9 @@ pub use identity::{
     AuthEvent, ClientRecord, CodeCheck, CodeRecord, CodeUse, FailureState, NewRefreshToken, RefreshGrant,
     RefreshOutcome, SessionRecord, SessionStage,
 };
+pub use jobs::{JobKind, JobProgress, JobRecord, JobState, NewJob};
 pub use learning::{Answer, NewAnswer, NewTicket, PathRecord, PathSummary, Ticket, TicketStatus};
-pub use library::{BookRecord, NewChunk, SectionRecord, StoredChunk};
+pub use library::{BookRecord, ChunkText, NewBook, NewChunk, NewSection, SectionRecord, StoredChunk};
 pub use users::{Group, User};
 pub use wiki::WikiPage;
 

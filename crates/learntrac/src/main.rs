@@ -5,6 +5,7 @@
 mod backups;
 mod model;
 mod observe;
+mod progress;
 mod secrets;
 mod settings;
 mod users;
@@ -282,10 +283,7 @@ async fn serve(args: ServeArgs, internal: Option<InternalTlsArgs>) -> Result<()>
 
     let state = AppState::open(config).await?;
     state.watch_keys(KEY_CHECK);
-    if !model::model_dir(&state.config.data_dir).join("model.safetensors").exists() {
-        // NOTE: search does not use the installed model yet either.
-        tracing::info!("no sentence-embedding model is installed; search uses the built-in embedder");
-    }
+    tracing::info!(model = %state.embedder.id(), "search embeds with this model");
     if state.config.identity.smtp.is_none() {
         tracing::warn!(
             mail = %state.mailer.describe(),
@@ -298,7 +296,8 @@ async fn serve(args: ServeArgs, internal: Option<InternalTlsArgs>) -> Result<()>
     } else {
         bootstrap_admin(&state).await?;
     }
-    tokio::spawn(learntrac_server::service::watch_library(state.clone()));
+    tokio::spawn(learntrac_server::library::watch_library(state.clone()));
+    spawn_reembedding(&state);
     tokio::spawn(learntrac_server::alerts::watch_audit_chain(state.clone(), std::time::Duration::from_secs(600)));
     if let Some(listener) = metrics_listener {
         let state = state.clone();
@@ -330,7 +329,11 @@ async fn serve_role(role: &'static str, args: RoleArgs) -> Result<()> {
         check_production(&state).await?;
     }
     if role != "idp" {
-        tokio::spawn(learntrac_server::service::watch_library(state.clone()));
+        tokio::spawn(learntrac_server::library::watch_library(state.clone()));
+    }
+    // The API role takes uploads, so it also embeds the library again.
+    if role == "api" {
+        spawn_reembedding(&state);
     }
     learntrac_server::gateway::roles::serve(state, role, listener, &internal, shutdown_signal()).await
 }
@@ -417,20 +420,49 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
+/// Embeds, in the background, the passages the configured model has not
+/// embedded yet; search uses the built-in embedder's vectors until it ends.
+fn spawn_reembedding(state: &AppState) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        if let Err(error) = learntrac_server::library::reembed(&state).await {
+            tracing::error!(error = format!("{error:#}"), "cannot embed the library with the configured model");
+        }
+    });
+}
+
 async fn ingest(data: DataArgs, file: &std::path::Path) -> Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let config = settings::resolve(&data)?;
     let state = AppState::open(config).await?;
-    let record =
-        learntrac_server::service::ingest_book(&state, bytes, &name, None).await.map_err(|error| match error {
-            // On the command line the whole cause is shown; there is no request id.
-            learntrac_server::error::ApiError::Internal(inner) => inner,
-            other => anyhow::anyhow!("{other}"),
-        })?;
-    println!(
-        "ingested {:?} as book {}: {} sections, {} passages",
-        record.title, record.id, record.sections, record.chunks
-    );
-    Ok(())
+    let bar = progress::Bar::new(&name);
+    let job = learntrac_server::library::ingest_now(&state, bytes, &name, &|p| bar.show(p)).await;
+    bar.finish();
+    let job = job.map_err(|error| match error {
+        // On the command line the whole cause is shown; there is no request id.
+        learntrac_server::error::ApiError::Internal(inner) => inner,
+        other => anyhow::anyhow!("{other}"),
+    })?;
+    match (job.state, job.book_id) {
+        (learntrac_store::JobState::Succeeded, Some(book_id)) => {
+            let books = state.store.list_books().await?;
+            let book = books.iter().find(|b| b.id == book_id).context("the new book vanished")?;
+            println!(
+                "ingested {:?} as book {}: {} sections, {} passages, embedded by {}",
+                book.title,
+                book.id,
+                book.sections,
+                book.chunks,
+                state.embedder.id()
+            );
+            Ok(())
+        }
+        _ => anyhow::bail!(
+            "{name} was not ingested (job {} {}): {}",
+            job.id,
+            job.state.as_str(),
+            job.error.as_deref().unwrap_or("no reason was recorded")
+        ),
+    }
 }

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use learntrac_server::embedder::default_model_dir as model_dir;
 
 use crate::DataArgs;
 
@@ -36,11 +37,6 @@ pub enum ModelCommand {
         #[command(flatten)]
         data: DataArgs,
     },
-}
-
-/// `DATA_DIR/models/all-MiniLM-L6-v2`, where the model is installed.
-pub fn model_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("models").join("all-MiniLM-L6-v2")
 }
 
 pub fn run(command: ModelCommand) -> Result<()> {

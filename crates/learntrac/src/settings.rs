@@ -55,6 +55,7 @@ struct FileSettings {
     backup_max_age_hours: Option<i64>,
     gateway: Option<learntrac_server::gateway::settings::GatewaySettings>,
     identity: Option<learntrac_server::idp::settings::IdentitySettings>,
+    embeddings: Option<learntrac_server::embedder::EmbeddingSettings>,
 }
 
 /// The environment variable that contains the master key itself (base64).
@@ -242,6 +243,12 @@ pub fn resolve(data: &DataArgs) -> Result<ServerConfig> {
             anyhow::anyhow!("invalid [identity] settings in {}: {error}", data.data_dir.join(FILE_NAME).display())
         })?;
         config.identity = identity;
+    }
+    if let Some(embeddings) = file.embeddings {
+        embeddings.validate().map_err(|error| {
+            anyhow::anyhow!("invalid [embeddings] settings in {}: {error}", data.data_dir.join(FILE_NAME).display())
+        })?;
+        config.embeddings = embeddings;
     }
     Ok(config)
 }

@@ -173,7 +173,7 @@ async fn header_body_and_upload_limits() {
         request.body(body).send()
     };
     let response = upload("big.md", None, book).await.expect("upload");
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap_or_default());
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap_or_default());
     // ... but not more than max_upload_mib, and only book types.
     let response = upload("big.md", None, "x".repeat(4 * 1024 * 1024)).await.expect("upload");
     assert_eq!(response.status(), 413);
@@ -188,7 +188,7 @@ async fn header_body_and_upload_limits() {
     // Uploads are checked by type and size, not by the filtering rules.
     let sql_book = "# SQL\n\n## Joins\n\nSELECT name FROM users WHERE id = 1 UNION SELECT 2; -- a comment\n";
     let response = upload("sql.md", None, sql_book.into()).await.expect("upload");
-    assert_eq!(response.status(), 201);
+    assert_eq!(response.status(), 202);
 }
 
 /// Reads until the peer closes; true when it closed within `limit`.

@@ -42,6 +42,37 @@ pub fn assert_security_headers(response: &reqwest::Response, what: &str) {
 /// A test user's password; it meets the password policy.
 pub const PASSWORD: &str = "Learn-Trac-2026!";
 
+/// Serves `app` over HTTPS on a free loopback port with a certificate
+/// for 127.0.0.1 from a CA made for it, written to `dir/NAME-ca.pem`, as a
+/// stand-in for a service LearnTrac calls. Returns the base address, the
+/// CA file and the handle that stops the server.
+pub async fn serve_https(
+    dir: &Path,
+    name: &str,
+    app: axum::Router,
+) -> (String, PathBuf, axum_server::Handle<std::net::SocketAddr>) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.clone().self_signed(&ca_key).expect("CA");
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("leaf params");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
+    let ca_file = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&ca_file, ca.pem()).expect("write CA");
+    let tls =
+        axum_server::tls_rustls::RustlsConfig::from_pem(leaf.pem().into_bytes(), leaf_key.serialize_pem().into_bytes())
+            .await
+            .expect("TLS config");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(listener, tls).expect("server").handle(handle.clone());
+    tokio::spawn(async move { server.serve(app.into_make_service()).await });
+    (format!("https://127.0.0.1:{port}"), ca_file, handle)
+}
+
 /// Directory of the real textbooks: `LEARNTRAC_CORPUS`, or `../shared/corpus`
 /// beside the repository.
 pub fn corpus_dir() -> PathBuf {
@@ -304,6 +335,15 @@ impl Server {
     }
 
     /// `http://127.0.0.1:PORT/metrics`, waiting up to 10 s for the listener.
+    /// Stops `learntrac serve`, so that it can be started again with
+    /// other settings.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn metrics_url(&self) -> String {
         for _ in 0..200 {
             let port = *self.metrics_port.lock().expect("port lock");
@@ -377,6 +417,27 @@ impl Server {
     pub async fn upload(&self, token: &str, name: &str, body: &'static str) -> reqwest::Response {
         let url = self.url(&format!("/api/v1/books?name={name}"));
         self.client.post(url).bearer_auth(token).body(body).send().await.expect("upload")
+    }
+
+    /// Waits until the library job that answered `response` (202) ends and
+    /// returns the job as `GET /api/v1/jobs/{id}` shows it last.
+    pub async fn finished_job(&self, token: &str, response: reqwest::Response) -> Value {
+        assert_eq!(response.status(), 202, "an upload is accepted as a job");
+        let job: Value = response.json().await.expect("job JSON");
+        self.wait_for_job(token, job["id"].as_i64().expect("job id")).await
+    }
+
+    /// Polls a library job until it has ended, for at most two minutes.
+    pub async fn wait_for_job(&self, token: &str, id: i64) -> Value {
+        for _ in 0..1200 {
+            let (status, job) = self.get_json(token, &format!("/api/v1/jobs/{id}")).await;
+            assert_eq!(status, 200, "{job}");
+            if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or_default()) {
+                return job;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("job {id} did not end within two minutes");
     }
 
     /// Signs in through the form and returns the session cookie

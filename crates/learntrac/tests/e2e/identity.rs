@@ -888,17 +888,6 @@ struct KeySetServer {
 
 impl KeySetServer {
     async fn start(dir: &std::path::Path) -> KeySetServer {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.clone().self_signed(&ca_key).expect("CA");
-        let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-        let leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("leaf params");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
-        let ca_file = dir.join("jwks-ca.pem");
-        std::fs::write(&ca_file, ca.pem()).expect("write CA");
-
         let keys = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": []})));
         let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (served, counted) = (keys.clone(), hits.clone());
@@ -913,18 +902,8 @@ impl KeySetServer {
                 }
             }),
         );
-        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
-            leaf.pem().into_bytes(),
-            leaf_key.serialize_pem().into_bytes(),
-        )
-        .await
-        .expect("TLS config");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(listener, tls).expect("server").handle(handle.clone());
-        tokio::spawn(async move { server.serve(app.into_make_service()).await });
-        KeySetServer { url: format!("https://127.0.0.1:{port}/jwks.json"), ca_file, keys, hits, handle }
+        let (base, ca_file, handle) = crate::harness::serve_https(dir, "jwks", app).await;
+        KeySetServer { url: format!("{base}/jwks.json"), ca_file, keys, hits, handle }
     }
 }
 
@@ -991,10 +970,8 @@ async fn external_provider_tokens_checked() {
     let (status, me) = server.get_json(&instructor, "/api/v1/me").await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["groups"], json!(["instructors"]));
-    assert_eq!(
-        server.upload(&instructor, "notes.md", "# Notes\n\nExternal instructors add books.\n").await.status(),
-        201
-    );
+    let response = server.upload(&instructor, "notes.md", "# Notes\n\nExternal instructors add books.\n").await;
+    assert_eq!(server.finished_job(&instructor, response).await["state"], "succeeded");
     let mut learner_claims = pool_claims(&["students"], now);
     learner_claims["sub"] = "learner-sub".into();
     learner_claims["username"] = "lin".into();

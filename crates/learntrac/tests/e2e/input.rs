@@ -73,9 +73,9 @@ async fn invalid_requests_are_explained() {
     assert_eq!(status, 404);
     let cookie = server.sign_in("learner@example.org", crate::harness::PASSWORD).await;
     let response =
-        server.client.get(server.url("/library?added=abc")).header("cookie", &cookie).send().await.expect("get");
+        server.client.get(server.url("/library?job=abc")).header("cookie", &cookie).send().await.expect("get");
     assert_eq!(response.status(), 400);
-    assert!(response.text().await.expect("html").contains("added"), "the page names the bad parameter");
+    assert!(response.text().await.expect("html").contains("job"), "the page names the bad parameter");
     let response = server.client.get(server.url("/no-such-page")).send().await.expect("get");
     assert_eq!(response.status(), 404);
     assert!(response.text().await.expect("html").contains("page not found"), "an HTML page, not an empty body");

@@ -187,9 +187,12 @@ async fn instructor_uploads_markdown_book() {
     let response = server.upload(&learner, "stats.md", book).await;
     assert_eq!(response.status(), 403, "learners cannot add books");
 
-    let response = server.upload(&teacher, "stats.md", book).await;
-    assert_eq!(response.status(), 201);
-    let record: Value = response.json().await.expect("json");
+    let job = server.finished_job(&teacher, server.upload(&teacher, "stats.md", book).await).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["passages_done"], job["passages_total"]);
+    let (_, books) = server.get_json(&learner, "/api/v1/books").await;
+    let record =
+        books["books"].as_array().expect("books").iter().find(|b| b["id"] == job["book_id"]).expect("book").clone();
     assert_eq!(record["title"], "Statistics basics");
     assert_eq!(record["sections"], 3);
 
@@ -217,6 +220,9 @@ async fn instructor_uploads_markdown_book() {
         .await
         .expect("upload form");
     assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().expect("location").to_string();
+    let job_id: i64 = location.strip_prefix("/library?job=").expect("the job's id").parse().expect("id");
+    assert_eq!(server.wait_for_job(&teacher, job_id).await["state"], "succeeded");
     let page = server
         .client
         .get(server.url("/library"))
@@ -228,6 +234,7 @@ async fn instructor_uploads_markdown_book() {
         .await
         .expect("html");
     assert!(page.contains("Graph theory"), "{page}");
+    assert!(page.contains("graphs.html") && page.contains("succeeded"), "staff see the jobs: {page}");
     assert!(page.contains("Statistics basics"), "{page}");
     let (_, found) = server.post_json(&learner, "/api/v1/search", &json!({"query": "tree without cycles"})).await;
     assert_eq!(found["passages"][0]["heading"], "1.1 Trees", "{found}");

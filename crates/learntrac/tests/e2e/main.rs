@@ -11,5 +11,6 @@ mod harness;
 mod identity;
 mod input;
 mod learning;
+mod library;
 mod observability;
 mod operations;

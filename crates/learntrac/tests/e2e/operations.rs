@@ -234,7 +234,7 @@ async fn backup_restores_identical_data() {
     let create_again = target.cli(&["backup", "create", "--out", again.to_str().expect("utf-8")], "");
     assert!(create_again.status.success(), "{}", stderr(&create_again));
     let lines_before = table_lines(&stdout(&verify));
-    assert_eq!(lines_before.len(), 21, "{lines_before:?}");
+    assert_eq!(lines_before.len(), 23, "{lines_before:?}");
     assert_eq!(lines_before, table_lines(&stdout(&create_again)), "restored data differs");
 
     let get = target.cli(&["secret", "get", "smtp-password"], "");

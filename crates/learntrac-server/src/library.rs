@@ -1,0 +1,515 @@
+//! The library: books ingested as background jobs, the search index over
+//! their passages, and embedding the library again when the model changes.
+//!
+//! Every passage has a vector by the built-in embedder, which costs
+//! microseconds, and one by the configured model. The index holds the
+//! vectors of one model only: the configured one once every passage has
+//! one, the built-in one until then. A model change therefore never
+//! mixes models and never leaves search without an index.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use learntrac_core::book::{Book, Format};
+use learntrac_core::search::embedding_text;
+use learntrac_core::search::{Hit, Index, Passage, Scoring};
+use learntrac_core::{embed, ingest};
+use learntrac_store::{
+    BookRecord, JobKind, JobProgress, JobRecord, JobState, NewBook, NewChunk, NewJob, NewSection, Store, StoreError,
+};
+
+use crate::embedder::{BATCH, BUILTIN_MODEL, Embedder};
+use crate::error::{ApiError, ApiResult};
+use crate::{AppState, audit};
+
+/// A job that has not reported for this long belongs to a process that
+/// stopped; it is marked as failed.
+const STALE_JOB_SECONDS: i64 = 120;
+/// How often a live job reports, even while one step takes long.
+const HEARTBEAT_SECONDS: u64 = 20;
+/// Why a stale job failed.
+const INTERRUPTED: &str = "the server stopped before the job finished; upload the book again";
+
+/// Builds the search index: from the configured model's vectors when every
+/// passage has one, from the built-in embedder's otherwise.
+pub async fn load_index(store: &Store, embedder: &Embedder) -> anyhow::Result<Index> {
+    let (total, coverage) = store.vector_coverage().await?;
+    let covered = |model: &str| coverage.iter().find(|(m, _)| m == model).map_or(0, |(_, n)| *n);
+    let (model, scoring) = if covered(embedder.id()) >= total || covered(BUILTIN_MODEL) < total {
+        (embedder.id().to_string(), embedder.scoring())
+    } else {
+        (BUILTIN_MODEL.to_string(), Scoring::Hybrid)
+    };
+    let contexts = section_contexts(&store.section_outline().await?);
+    let mut index = Index::new(&model, scoring);
+    for chunk in store.indexed_chunks(&model).await? {
+        let Some(embedding) = embed::from_bytes(&chunk.embedding) else {
+            tracing::warn!(chunk_id = chunk.id, "stored embedding has an invalid length; chunk left out of the index");
+            continue;
+        };
+        index.insert(
+            Passage {
+                chunk_id: chunk.id,
+                book_id: chunk.book_id,
+                section_id: chunk.section_id,
+                book_title: chunk.book_title,
+                heading: chunk.heading,
+                context: contexts.get(&chunk.section_id).cloned().unwrap_or_default(),
+                text: chunk.body,
+                page: chunk.page,
+            },
+            embedding,
+        );
+    }
+    tracing::info!(chunks = index.len(), model = %model, "search index loaded");
+    Ok(index)
+}
+
+/// Maps each section id to the headings that enclose it, from the outline
+/// in book order.
+fn section_contexts(outline: &[(i64, i64, i64, String)]) -> std::collections::HashMap<i64, String> {
+    let mut contexts = std::collections::HashMap::new();
+    for book in outline.chunk_by(|a, b| a.1 == b.1) {
+        let levels: Vec<u8> = book.iter().map(|s| s.2.clamp(1, 9) as u8).collect();
+        for (i, section) in book.iter().enumerate() {
+            let chain = learntrac_core::book::ancestors(&levels, i);
+            let context = chain.iter().map(|&j| book[j].3.as_str()).collect::<Vec<_>>().join(" > ");
+            contexts.insert(section.0, context);
+        }
+    }
+    contexts
+}
+
+/// Rebuilds the index from the store, which gives new chunks their stored ids.
+pub async fn reload_index(state: &AppState) -> ApiResult<()> {
+    let index = load_index(&state.store, &state.embedder).await?;
+    *state.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+    Ok(())
+}
+
+/// Passages found for a query, and the model whose vectors ranked them.
+pub struct Found {
+    pub model: String,
+    pub hits: Vec<Hit>,
+}
+
+/// Searches the library for passages about `query`.
+pub async fn search(state: &AppState, query: &str, limit: usize) -> ApiResult<Found> {
+    let query = crate::service::validate_goal(query)?;
+    let index = state.index.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let embedder = if index.model() == BUILTIN_MODEL { Embedder::builtin() } else { state.embedder.clone() };
+    let vector = embedder.embed_query(query).await.map_err(ApiError::Internal)?;
+    let limit = limit.clamp(1, crate::service::MAX_PASSAGES);
+    let min_relevance = state.config.min_relevance;
+    let query = query.to_string();
+    let model = index.model().to_string();
+    let hits = tokio::task::spawn_blocking(move || index.search(&query, &vector, limit, min_relevance))
+        .await
+        .context("the search task failed")?;
+    Ok(Found { model, hits })
+}
+
+/// Checks an upload's name and content before a job is made for it:
+/// the format must be known and the file new to the library.
+async fn check_upload(state: &AppState, bytes: &[u8], file_name: &str) -> ApiResult<(Format, String)> {
+    if file_name.chars().any(char::is_control) || file_name.len() > 255 {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "the file name contains control characters or is longer than 255 bytes; rename the file".to_string(),
+        ));
+    }
+    let format = Format::from_file_name(file_name).ok_or_else(|| {
+        ApiError::bad_request(
+            "unsupported_format",
+            format!(
+                "cannot tell the format of {file_name:?}; name the file .pdf, .html, .htm, .xhtml, .md or .markdown"
+            ),
+        )
+    })?;
+    let content_hash = crate::sha256_hex_bytes(bytes);
+    if let Some(book_id) = state.store.book_with_hash(&content_hash).await? {
+        return Err(ApiError::Conflict(format!(
+            "{file_name} has the same content as book {book_id}; delete that book first to ingest it again"
+        )));
+    }
+    if let Some(job_id) = state.store.pending_job_with_hash(&content_hash).await? {
+        return Err(ApiError::Conflict(format!("{file_name} is already being ingested by job {job_id}")));
+    }
+    Ok((format, content_hash))
+}
+
+/// An upload accepted for ingestion.
+struct Upload {
+    bytes: Vec<u8>,
+    file_name: String,
+    format: Format,
+    content_hash: String,
+    actor: audit::Actor,
+}
+
+impl Upload {
+    /// The user who added the book, if a user did.
+    fn created_by(&self) -> Option<i64> {
+        match self.actor {
+            audit::Actor::User(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// Accepts a book for ingestion and starts a background job for it;
+/// returns the queued job.
+pub async fn submit_book(
+    state: &AppState,
+    bytes: Vec<u8>,
+    file_name: &str,
+    actor: audit::Actor,
+) -> ApiResult<JobRecord> {
+    let (format, content_hash) = check_upload(state, &bytes, file_name).await?;
+    let upload = Upload { bytes, file_name: file_name.to_string(), format, content_hash, actor };
+    let job = create_ingest_job(state, &upload).await?;
+    let task_state = state.clone();
+    let job_id = job.id;
+    tokio::spawn(async move {
+        // The job records its own outcome; this is for errors of the store itself.
+        if let Err(error) = run_ingest(&task_state, job_id, upload, &|_| {}).await {
+            tracing::error!(job_id, error = format!("{error:#}"), "ingestion job failed");
+        }
+    });
+    Ok(job)
+}
+
+/// Ingests a book in the foreground, as `learntrac ingest` does, reporting
+/// progress to `report`; the work is recorded as a job like an upload.
+pub async fn ingest_now(
+    state: &AppState,
+    bytes: Vec<u8>,
+    file_name: &str,
+    report: &(dyn Fn(JobProgress) + Sync),
+) -> ApiResult<JobRecord> {
+    let (format, content_hash) = check_upload(state, &bytes, file_name).await?;
+    let upload = Upload { bytes, file_name: file_name.to_string(), format, content_hash, actor: audit::Actor::Cli };
+    let job = create_ingest_job(state, &upload).await?;
+    run_ingest(state, job.id, upload, report).await?;
+    Ok(state.store.job(job.id).await?.ok_or_else(|| ApiError::NotFound(format!("job {}", job.id)))?)
+}
+
+async fn create_ingest_job(state: &AppState, upload: &Upload) -> ApiResult<JobRecord> {
+    let job = NewJob {
+        kind: JobKind::Ingest,
+        file_name: Some(&upload.file_name),
+        content_hash: Some(&upload.content_hash),
+        model: Some(state.embedder.id()),
+        created_by: upload.created_by(),
+    };
+    let job = state.store.create_job(&job, state.now()).await?;
+    tracing::info!(job_id = job.id, file_name = %upload.file_name, "ingestion job queued");
+    Ok(job)
+}
+
+/// What ended a job early.
+enum Stop {
+    Cancelled,
+    Failed(String),
+}
+
+/// Runs an ingestion job to its end and records the outcome on it.
+async fn run_ingest(
+    state: &AppState,
+    job_id: i64,
+    upload: Upload,
+    report: &(dyn Fn(JobProgress) + Sync),
+) -> anyhow::Result<()> {
+    let _slot = state.job_slots.acquire().await.context("the job queue is closed")?;
+    state.store.start_job(job_id, state.now()).await?;
+    let heartbeat = Heartbeat::start(state, job_id);
+    let outcome = ingest_steps(state, job_id, &upload, report, &heartbeat).await;
+    drop(heartbeat);
+    let actor = upload.actor.clone();
+    match outcome {
+        Ok(record) => {
+            state.store.finish_job(job_id, JobState::Succeeded, Some(record.id), None, state.now()).await?;
+            reload_index(state).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(job_id, book_id = record.id, title = %record.title, sections = record.sections, chunks = record.chunks, "book ingested");
+            let details = format!("{}: {} sections, {} passages", upload.file_name, record.sections, record.chunks);
+            audit::record(state, actor, "book.create", &format!("book:{}", record.id), "success", &details).await;
+        }
+        Err(Stop::Cancelled) => {
+            state.store.finish_job(job_id, JobState::Cancelled, None, None, state.now()).await?;
+            tracing::info!(job_id, file_name = %upload.file_name, "ingestion cancelled");
+        }
+        Err(Stop::Failed(reason)) => {
+            state.store.finish_job(job_id, JobState::Failed, None, Some(&reason), state.now()).await?;
+            tracing::warn!(job_id, file_name = %upload.file_name, reason = %reason, "ingestion failed");
+            let details = format!("{}: {reason}", upload.file_name);
+            audit::record(state, actor, "book.create", &format!("job:{job_id}"), "failure", &details).await;
+        }
+    }
+    Ok(())
+}
+
+async fn ingest_steps(
+    state: &AppState,
+    job_id: i64,
+    upload: &Upload,
+    report: &(dyn Fn(JobProgress) + Sync),
+    heartbeat: &Heartbeat,
+) -> Result<BookRecord, Stop> {
+    let fallback_title = upload.file_name.rsplit_once('.').map_or(upload.file_name.as_str(), |(s, _)| s).to_string();
+    let bytes = upload.bytes.clone();
+    let format = upload.format;
+    let book = tokio::task::spawn_blocking(move || ingest::parse(&bytes, format, &fallback_title))
+        .await
+        .map_err(|e| Stop::Failed(format!("the parser stopped unexpectedly: {e}")))?
+        .map_err(|e| Stop::Failed(e.to_string()))?;
+    let pages = 0;
+    let embedder = state.embedder.clone();
+    let chunks = book.chunks();
+    if chunks.is_empty() {
+        return Err(Stop::Failed("no text was found in the file".into()));
+    }
+    let mut progress =
+        JobProgress { pages_done: pages, pages_total: pages, passages_done: 0, passages_total: chunks.len() as i64 };
+    let texts: Vec<String> = chunks
+        .iter()
+        .map(|c| embedding_text(&book.context(c.section), &book.sections[c.section].heading, &c.text))
+        .collect();
+    let mut vectors = Vec::with_capacity(texts.len());
+    for batch in texts.chunks(BATCH) {
+        if heartbeat.report(progress).await {
+            return Err(Stop::Cancelled);
+        }
+        report(progress);
+        let mut model = if embedder.is_builtin() {
+            Vec::new()
+        } else {
+            embedder.embed_passages(batch.to_vec()).await.map_err(|e| Stop::Failed(format!("{e:#}")))?
+        };
+        for (i, text) in batch.iter().enumerate() {
+            let mut stored = vec![(BUILTIN_MODEL.to_string(), embed::to_bytes(&embed::embed(text)))];
+            if let Some(vector) = model.get_mut(i) {
+                stored.push((embedder.id().to_string(), embed::to_bytes(vector)));
+            }
+            vectors.push(stored);
+        }
+        progress.passages_done = vectors.len() as i64;
+    }
+    if heartbeat.report(progress).await {
+        return Err(Stop::Cancelled);
+    }
+    report(progress);
+    let new_book = new_book(&book, upload, chunks, vectors);
+    let record = state.store.insert_book(&new_book, state.now()).await;
+    match record {
+        Ok(record) => Ok(record),
+        Err(StoreError::Conflict(what)) => Err(Stop::Failed(format!("{what} was ingested meanwhile"))),
+        Err(error) => {
+            tracing::error!(job_id, error = format!("{error:#}"), "cannot store an ingested book");
+            Err(Stop::Failed("the book could not be stored; the server log has the cause".into()))
+        }
+    }
+}
+
+/// Turns a parsed book and its embedded passages into what the store keeps.
+fn new_book<'a>(
+    book: &'a Book,
+    upload: &'a Upload,
+    chunks: Vec<learntrac_core::book::Chunk>,
+    vectors: Vec<Vec<(String, Vec<u8>)>>,
+) -> NewBook<'a> {
+    NewBook {
+        title: &book.title,
+        format: book.format.as_str(),
+        source_name: &upload.file_name,
+        content_hash: &upload.content_hash,
+        sections: book
+            .sections
+            .iter()
+            .map(|s| NewSection {
+                level: i64::from(s.level),
+                heading: s.heading.clone(),
+                body: s.text.clone(),
+                page: None,
+                references: Vec::new(),
+            })
+            .collect(),
+        chunks: chunks
+            .into_iter()
+            .zip(vectors)
+            .map(|(chunk, vectors)| NewChunk { section: chunk.section, body: chunk.text, page: None, vectors })
+            .collect(),
+        created_by: upload.created_by(),
+    }
+}
+
+/// Keeps a job's row fresh while it works, so that it is not taken for
+/// the job of a stopped process, and reads whether it was cancelled.
+struct Heartbeat {
+    state: AppState,
+    job_id: i64,
+    progress: Arc<std::sync::Mutex<JobProgress>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start(state: &AppState, job_id: i64) -> Heartbeat {
+        let progress = Arc::new(std::sync::Mutex::new(JobProgress::default()));
+        let shared = progress.clone();
+        let task_state = state.clone();
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(HEARTBEAT_SECONDS));
+            loop {
+                ticks.tick().await;
+                let now = *shared.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(error) = task_state.store.job_progress(job_id, now, task_state.now()).await {
+                    tracing::warn!(job_id, error = format!("{error:#}"), "cannot record a job's progress");
+                }
+            }
+        });
+        Heartbeat { state: state.clone(), job_id, progress, task }
+    }
+
+    /// Records progress; returns whether the job was asked to stop.
+    async fn report(&self, progress: JobProgress) -> bool {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = progress;
+        match self.state.store.job_progress(self.job_id, progress, self.state.now()).await {
+            Ok(cancelled) => cancelled,
+            Err(error) => {
+                tracing::warn!(job_id = self.job_id, error = format!("{error:#}"), "cannot record a job's progress");
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Asks a job to stop; an ingestion that stops stores nothing.
+pub async fn cancel_job(state: &AppState, id: i64, actor: audit::Actor) -> ApiResult<JobRecord> {
+    let job = state
+        .store
+        .request_job_cancel(id, state.now())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    if job.state.is_finished() {
+        return Err(ApiError::Conflict(format!("job {id} has already ended ({})", job.state.as_str())));
+    }
+    audit::record(state, actor, "job.cancel", &format!("job:{id}"), "success", "").await;
+    Ok(job)
+}
+
+/// Deletes a book, removing its passages and their vectors from the store
+/// and the index; other processes notice within [`WATCH_SECONDS`].
+pub async fn delete_book(state: &AppState, id: i64, actor_id: i64) -> ApiResult<()> {
+    if !state.store.delete_book(id).await? {
+        return Err(ApiError::NotFound(format!("book {id}")));
+    }
+    reload_index(state).await?;
+    tracing::info!(book_id = id, "book deleted");
+    audit::record(state, audit::Actor::User(actor_id), "book.delete", &format!("book:{id}"), "success", "").await;
+    Ok(())
+}
+
+/// Embeds every passage that has no vector by the configured model yet,
+/// as a job, then switches the index to that model and drops the vectors
+/// of other models except the built-in one's.
+pub async fn reembed(state: &AppState) -> anyhow::Result<()> {
+    if state.embedder.is_builtin() {
+        return Ok(());
+    }
+    let model = state.embedder.id().to_string();
+    let (total, coverage) = state.store.vector_coverage().await?;
+    let done = coverage.iter().find(|(m, _)| *m == model).map_or(0, |(_, n)| *n);
+    if done >= total {
+        return Ok(());
+    }
+    if let Some(job) = state.store.pending_job(JobKind::Reembed).await? {
+        tracing::info!(job_id = job.id, "the library is already being embedded again");
+        return Ok(());
+    }
+    let job =
+        NewJob { kind: JobKind::Reembed, file_name: None, content_hash: None, model: Some(&model), created_by: None };
+    let job = state.store.create_job(&job, state.now()).await?;
+    tracing::info!(job_id = job.id, model = %model, passages = total - done, "embedding the library with a new model");
+    let _slot = state.job_slots.acquire().await.context("the job queue is closed")?;
+    state.store.start_job(job.id, state.now()).await?;
+    let heartbeat = Heartbeat::start(state, job.id);
+    let mut progress = JobProgress { passages_done: done, passages_total: total, ..Default::default() };
+    loop {
+        if heartbeat.report(progress).await {
+            state.store.finish_job(job.id, JobState::Cancelled, None, None, state.now()).await?;
+            tracing::info!(
+                job_id = job.id,
+                "embedding the library again was cancelled; search keeps the built-in embedder"
+            );
+            return Ok(());
+        }
+        let pending = state.store.chunks_without_vector(&model, BATCH as i64).await?;
+        if pending.is_empty() {
+            break;
+        }
+        let outline = state.store.section_outline().await?;
+        let contexts = section_contexts(&outline);
+        let texts: Vec<String> = pending
+            .iter()
+            .map(|c| embedding_text(contexts.get(&c.section_id).map_or("", String::as_str), &c.heading, &c.body))
+            .collect();
+        let vectors = match state.embedder.embed_passages(texts).await {
+            Ok(vectors) => vectors,
+            Err(error) => {
+                let reason = format!("{error:#}");
+                state.store.finish_job(job.id, JobState::Failed, None, Some(&reason), state.now()).await?;
+                tracing::warn!(job_id = job.id, reason = %reason, "embedding the library again failed");
+                return Ok(());
+            }
+        };
+        let stored: Vec<(i64, Vec<u8>)> =
+            pending.iter().zip(&vectors).map(|(c, v)| (c.id, embed::to_bytes(v))).collect();
+        state.store.put_vectors(&model, &stored).await?;
+        progress.passages_done = (progress.passages_done + stored.len() as i64).min(total);
+    }
+    drop(heartbeat);
+    let dropped = state.store.delete_other_vectors(&[BUILTIN_MODEL, &model]).await?;
+    state.store.finish_job(job.id, JobState::Succeeded, None, None, state.now()).await?;
+    reload_index(state).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(job_id = job.id, model = %model, dropped_vectors = dropped, "the library is embedded by the new model");
+    Ok(())
+}
+
+/// How often the library is checked for changes by other processes.
+pub const WATCH_SECONDS: u64 = 10;
+
+/// Reloads the search index when another process (such as
+/// `learntrac ingest`) adds or deletes books, and fails jobs whose process
+/// stopped. The first check always reloads, so a book added while the
+/// server started is not missed.
+pub async fn watch_library(state: AppState) {
+    let mut known = None;
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(WATCH_SECONDS));
+    loop {
+        interval.tick().await;
+        match state.store.fail_stale_jobs(INTERRUPTED, state.now() - STALE_JOB_SECONDS, state.now()).await {
+            Ok(0) => {}
+            Ok(count) => tracing::warn!(jobs = count, "jobs of a stopped process were marked as failed"),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "cannot check for stale jobs"),
+        }
+        let current = match state.store.chunk_watermark().await {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "cannot check the library for new books");
+                continue;
+            }
+        };
+        if Some(current) == known {
+            continue;
+        }
+        match reload_index(&state).await {
+            Ok(()) => known = Some(current),
+            Err(error) => tracing::warn!(error = %error, "cannot reload the search index"),
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! A one-line progress bar on standard error for `learntrac ingest`. It is
+//! drawn only when standard error is a terminal, so logs and pipes get
+//! the final summary alone.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use learntrac_store::JobProgress;
+
+/// Width of the bar itself, in characters.
+const WIDTH: usize = 30;
+
+pub struct Bar {
+    label: String,
+    terminal: bool,
+    started: Instant,
+    /// The last line drawn, so that an unchanged line is not drawn again.
+    last: Mutex<String>,
+}
+
+impl Bar {
+    pub fn new(label: &str) -> Bar {
+        Bar {
+            label: label.to_string(),
+            terminal: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            last: Mutex::new(String::new()),
+        }
+    }
+
+    /// Draws the bar for `progress`.
+    pub fn show(&self, progress: JobProgress) {
+        if !self.terminal {
+            return;
+        }
+        let line = render(&self.label, progress, self.started.elapsed().as_secs());
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != line {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+            *last = line;
+        }
+    }
+
+    /// Ends the bar's line, so that what follows starts on a new one.
+    pub fn finish(&self) {
+        if self.terminal && !self.last.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+/// The bar's text: what is ingested, the share of passages embedded, the
+/// counts and the time taken.
+fn render(label: &str, progress: JobProgress, seconds: u64) -> String {
+    let total = progress.passages_total.max(1) as usize;
+    let done = (progress.passages_done.max(0) as usize).min(total);
+    let filled = done * WIDTH / total;
+    let pages = if progress.pages_total > 0 { format!("{} pages, ", progress.pages_total) } else { String::new() };
+    format!(
+        "{label} [{}{}] {:>3}% {pages}{done}/{} passages {}:{:02}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        done * 100 / total,
+        progress.passages_total,
+        seconds / 60,
+        seconds % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bar_shows_passages_and_pages() {
+        let progress = JobProgress { pages_done: 12, pages_total: 12, passages_done: 15, passages_total: 60 };
+        let line = render("R-intro.pdf", progress, 75);
+        assert_eq!(
+            line,
+            format!("R-intro.pdf [{}{}]  25% 12 pages, 15/60 passages 1:15", "#".repeat(7), "-".repeat(23))
+        );
+        let empty = render("notes.md", JobProgress::default(), 0);
+        assert!(empty.contains("0/0 passages"), "{empty}");
+    }
+}
