@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use learntrac_vector::{VectorError, VectorIndex};
+
 use crate::{embed, text};
 
 /// A chunk as the index stores it, with what a hit must show.
@@ -59,6 +61,10 @@ struct Entry {
 
 /// Weight of lexical relevance; the rest is semantic.
 const LEXICAL_WEIGHT: f32 = 0.7;
+/// Nearest neighbours fetched per requested hit, and at least, so that
+/// sections with many passages do not leave fewer than `limit` sections.
+const CANDIDATES_PER_HIT: usize = 8;
+const MIN_CANDIDATES: usize = 100;
 /// BM25 saturation and length normalisation.
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
@@ -71,6 +77,9 @@ pub struct Index {
     model: String,
     scoring: Scoring,
     entries: Vec<Entry>,
+    /// With [`Scoring::Cosine`], the passages' vectors by entry position;
+    /// exact for small libraries, a graph above its threshold.
+    vectors: Option<VectorIndex>,
     document_frequency: HashMap<String, u32>,
     total_length: u64,
 }
@@ -82,6 +91,7 @@ impl Index {
             model: model.to_string(),
             scoring,
             entries: Vec::new(),
+            vectors: None,
             document_frequency: HashMap::new(),
             total_length: 0,
         }
@@ -104,8 +114,21 @@ impl Index {
         self.entries.is_empty()
     }
 
-    /// Adds a passage with its stored embedding.
-    pub fn insert(&mut self, passage: Passage, embedding: Vec<f32>) {
+    /// Adds a passage with its stored embedding. With [`Scoring::Cosine`]
+    /// the vector goes to the nearest-neighbour index, which rejects a
+    /// vector of another length than the first or one that is not finite.
+    pub fn insert(&mut self, passage: Passage, embedding: Vec<f32>) -> Result<(), VectorError> {
+        let embedding = match self.scoring {
+            Scoring::Hybrid => embedding,
+            Scoring::Cosine { .. } => {
+                let vectors = match &mut self.vectors {
+                    Some(vectors) => vectors,
+                    None => self.vectors.insert(VectorIndex::new(embedding.len())?),
+                };
+                vectors.insert(self.entries.len() as u64, embedding)?;
+                Vec::new()
+            }
+        };
         let mut term_counts: HashMap<String, u32> = HashMap::new();
         for term in text::terms(&passage.text) {
             *term_counts.entry(term).or_default() += 1;
@@ -125,6 +148,7 @@ impl Index {
             context_terms,
             length,
         });
+        Ok(())
     }
 
     /// Returns up to `limit` passages with relevance of at least
@@ -149,47 +173,59 @@ impl Index {
             .collect();
         let idf_total: f32 = idf.iter().sum();
 
-        let mut hits: Vec<Hit> = self
-            .entries
-            .iter()
-            .map(|entry| {
-                let mut matched = 0.0;
-                let mut present = 0.0;
-                for (term, weight) in query_terms.iter().zip(&idf) {
-                    let tf = entry.term_counts.get(term).copied().unwrap_or(0) as f32;
-                    let in_text = tf / (tf + K1 * (1.0 - B + B * entry.length as f32 / average_length));
-                    // The section's own heading counts fully, an enclosing
-                    // chapter's heading half: a subsection is about its
-                    // chapter's subject, but less specifically.
-                    let saturation = if entry.heading_terms.contains(term) {
-                        1.0
-                    } else if entry.context_terms.contains(term) {
-                        in_text.max(0.5)
-                    } else {
-                        in_text
-                    };
-                    matched += weight * saturation;
-                    if saturation > 0.0 {
-                        present += weight;
-                    }
-                }
-                let lexical = if idf_total > 0.0 { matched / idf_total } else { 0.0 };
-                let coverage = if idf_total > 0.0 { present / idf_total } else { 0.0 };
-                let cosine = embed::cosine(query_embedding, &entry.embedding);
-                let (semantic, relevance) = match self.scoring {
-                    Scoring::Hybrid => {
-                        let semantic = (cosine / SEMANTIC_FULL).clamp(0.0, 1.0);
-                        (semantic, hybrid_relevance(LEXICAL_WEIGHT * lexical + (1.0 - LEXICAL_WEIGHT) * semantic))
-                    }
-                    Scoring::Cosine { zero, full } => {
-                        let semantic = ((cosine - zero) / (full - zero)).clamp(0.0, 1.0);
-                        (semantic, semantic)
-                    }
+        let score = |entry: &Entry, cosine: f32| {
+            let mut matched = 0.0;
+            let mut present = 0.0;
+            for (term, weight) in query_terms.iter().zip(&idf) {
+                let tf = entry.term_counts.get(term).copied().unwrap_or(0) as f32;
+                let in_text = tf / (tf + K1 * (1.0 - B + B * entry.length as f32 / average_length));
+                // The section's own heading counts fully, an enclosing
+                // chapter's heading half: a subsection is about its
+                // chapter's subject, but less specifically.
+                let saturation = if entry.heading_terms.contains(term) {
+                    1.0
+                } else if entry.context_terms.contains(term) {
+                    in_text.max(0.5)
+                } else {
+                    in_text
                 };
-                Hit { passage: entry.passage.clone(), relevance, lexical, semantic, coverage }
-            })
-            .filter(|hit| hit.relevance >= min_relevance)
-            .collect();
+                matched += weight * saturation;
+                if saturation > 0.0 {
+                    present += weight;
+                }
+            }
+            let lexical = if idf_total > 0.0 { matched / idf_total } else { 0.0 };
+            let coverage = if idf_total > 0.0 { present / idf_total } else { 0.0 };
+            let (semantic, relevance) = match self.scoring {
+                Scoring::Hybrid => {
+                    let semantic = (cosine / SEMANTIC_FULL).clamp(0.0, 1.0);
+                    (semantic, hybrid_relevance(LEXICAL_WEIGHT * lexical + (1.0 - LEXICAL_WEIGHT) * semantic))
+                }
+                Scoring::Cosine { zero, full } => {
+                    let semantic = ((cosine - zero) / (full - zero)).clamp(0.0, 1.0);
+                    (semantic, semantic)
+                }
+            };
+            Hit { passage: entry.passage.clone(), relevance, lexical, semantic, coverage }
+        };
+
+        let mut hits: Vec<Hit> = match (&self.vectors, self.scoring) {
+            // The combined score needs every passage's term statistics.
+            (_, Scoring::Hybrid) | (None, _) => self
+                .entries
+                .iter()
+                .map(|entry| score(entry, embed::cosine(query_embedding, &entry.embedding)))
+                .collect(),
+            // The nearest neighbours by meaning, enough of them to leave
+            // `limit` sections after keeping one passage per section.
+            (Some(vectors), Scoring::Cosine { .. }) => vectors
+                .search(query_embedding, (limit * CANDIDATES_PER_HIT).max(MIN_CANDIDATES))
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|n| self.entries.get(n.id as usize).map(|entry| score(entry, n.similarity)))
+                .collect(),
+        };
+        hits.retain(|hit| hit.relevance >= min_relevance);
         hits.sort_by(|a, b| b.relevance.total_cmp(&a.relevance));
         let mut seen_sections = std::collections::HashSet::new();
         hits.retain(|hit| seen_sections.insert(hit.passage.section_id));
@@ -248,7 +284,7 @@ mod tests {
             (2, "2.5 Missing values", "A missing value is marked NA. Any operation on an NA becomes an NA."),
             (3, "12 Graphics", "Plotting commands draw on a graphics device such as a window."),
         ] {
-            index.insert(passage(id, heading, body), embed::embed(&embedding_text("", heading, body)));
+            index.insert(passage(id, heading, body), embed::embed(&embedding_text("", heading, body))).expect("insert");
         }
         let search = |query: &str, min| index.search(query, &embed::embed(query), 10, min);
         let hits = search("how does R handle missing values", 0.0);

@@ -71,19 +71,21 @@ fn r_intro_search_finds_missing_values() {
         let heading = &book.sections[chunk.section].heading;
         let context = book.context(chunk.section);
         let vector = embed::embed(&embedding_text(&context, heading, &chunk.text));
-        index.insert(
-            Passage {
-                chunk_id: i as i64,
-                book_id: 1,
-                section_id: chunk.section as i64,
-                book_title: book.title.clone(),
-                heading: heading.clone(),
-                context,
-                text: chunk.text,
-                page: None,
-            },
-            vector,
-        );
+        index
+            .insert(
+                Passage {
+                    chunk_id: i as i64,
+                    book_id: 1,
+                    section_id: chunk.section as i64,
+                    book_title: book.title.clone(),
+                    heading: heading.clone(),
+                    context,
+                    text: chunk.text,
+                    page: None,
+                },
+                vector,
+            )
+            .expect("insert");
     }
     let query = "I want to understand how R handles missing values";
     let hits = index.search(query, &embed::embed(query), 5, 0.0);

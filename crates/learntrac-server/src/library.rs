@@ -47,7 +47,7 @@ pub async fn load_index(store: &Store, embedder: &Embedder) -> anyhow::Result<In
             tracing::warn!(chunk_id = chunk.id, "stored embedding has an invalid length; chunk left out of the index");
             continue;
         };
-        index.insert(
+        let inserted = index.insert(
             Passage {
                 chunk_id: chunk.id,
                 book_id: chunk.book_id,
@@ -60,6 +60,9 @@ pub async fn load_index(store: &Store, embedder: &Embedder) -> anyhow::Result<In
             },
             embedding,
         );
+        if let Err(error) = inserted {
+            tracing::warn!(chunk_id = chunk.id, model = %model, error = %error, "stored embedding rejected; chunk left out of the index");
+        }
     }
     tracing::info!(chunks = index.len(), model = %model, "search index loaded");
     Ok(index)
