@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use crate::book::embedding_text;
 use crate::{embed, text};
 
 /// A chunk as the index stores it, with what a hit must show.
@@ -153,12 +154,6 @@ impl Index {
         hits.truncate(limit);
         hits
     }
-}
-
-/// Returns the text embedded for a chunk. The headings give context to a
-/// passage that does not repeat its own topic.
-pub fn embedding_text(context: &str, heading: &str, chunk: &str) -> String {
-    if context.is_empty() { format!("{heading}. {chunk}") } else { format!("{context}. {heading}. {chunk}") }
 }
 
 #[cfg(test)]

@@ -253,8 +253,8 @@ mod tests {
             title: "Stats".into(),
             format: Format::Markdown,
             sections: vec![
-                Section { level: 1, heading: "1 Mean".into(), text: "The mean is an average.".into() },
-                Section { level: 2, heading: "1.1 Median".into(), text: "The median is the middle.".into() },
+                Section::new(1, "1 Mean", "The mean is an average."),
+                Section::new(2, "1.1 Median", "The median is the middle."),
             ],
         };
         let chunks = vec![
