@@ -389,3 +389,77 @@ mod tests {
         assert!(matches!(result, Err(IngestError::NoText)), "{result:?}");
     }
 }
+
+#[cfg(test)]
+mod corpus_tests {
+    use super::*;
+
+    /// Parses a corpus PDF with headings from `source` or a weaker one, or
+    /// returns `None` (after saying so) when the corpus is absent and not
+    /// required.
+    fn corpus_book(name: &str, source: Source) -> Option<Book> {
+        let dir = std::env::var_os("LEARNTRAC_CORPUS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
+        let path = dir.join(name);
+        let Ok(bytes) = std::fs::read(&path) else {
+            assert!(
+                std::env::var("LEARNTRAC_REQUIRE_CORPUS").as_deref() != Ok("1"),
+                "LEARNTRAC_REQUIRE_CORPUS=1 but {} is missing; set LEARNTRAC_CORPUS",
+                path.display()
+            );
+            eprintln!("skipped: {} is missing; set LEARNTRAC_CORPUS", path.display());
+            return None;
+        };
+        match parse_from(&bytes, source) {
+            Ok(book) => Some(book),
+            Err(error) => unreachable!("cannot parse {name}: {error}"),
+        }
+    }
+
+    fn headings(book: &Book) -> Vec<(u8, &str)> {
+        book.sections.iter().map(|s| (s.level, s.heading.as_str())).collect()
+    }
+
+    #[test]
+    fn r_intro_contents_give_sections() {
+        let Some(book) = corpus_book("R-intro.pdf", Source::Contents) else {
+            return;
+        };
+        let found = headings(&book);
+        for expected in [
+            (1, "Preface"),
+            (1, "2 Simple manipulations; numbers and vectors"),
+            (2, "2.5 Missing values"),
+            (2, "2.7 Index vectors; selecting and modifying subsets of a data set"),
+            (3, "5.4.1 Mixed vector and array arithmetic. The recycling rule"),
+            (1, "A A sample session"),
+        ] {
+            assert!(found.contains(&expected), "{expected:?} missing from {found:?}");
+        }
+        let missing = book.sections.iter().find(|s| s.heading == "2.5 Missing values");
+        assert_eq!(missing.and_then(|s| s.page), Some(17));
+        assert!(missing.is_some_and(|s| s.text.contains("not available")));
+    }
+
+    #[test]
+    fn r_intro_fonts_give_sections() {
+        let Some(book) = corpus_book("R-intro.pdf", Source::Fonts) else {
+            return;
+        };
+        let found = headings(&book);
+        for expected in [
+            (1, "2 Simple manipulations; numbers and vectors"),
+            (2, "1.8 R commands, case sensitivity, etc."),
+            (2, "2.5 Missing values"),
+            (2, "5.1 Arrays"),
+            (3, "5.4.1 Mixed vector and array arithmetic. The recycling rule"),
+        ] {
+            assert!(found.contains(&expected), "{expected:?} missing from {found:?}");
+        }
+        let contents_entries: Vec<&str> = found.iter().map(|(_, h)| *h).filter(|h| h.contains(" . . ")).collect();
+        assert!(contents_entries.is_empty(), "{contents_entries:?}");
+        let missing = book.sections.iter().find(|s| s.heading == "2.5 Missing values");
+        assert_eq!(missing.and_then(|s| s.page), Some(17));
+    }
+}

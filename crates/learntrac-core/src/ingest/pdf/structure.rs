@@ -138,10 +138,14 @@ fn contents_entry(line: &str) -> Option<(String, i64)> {
 pub(super) fn headings_from_fonts(lines: &[Line]) -> Vec<Heading> {
     let body = body_size(lines);
     let is_heading_line = |line: &Line| {
+        let numbered = line.text.split_whitespace().next().is_some_and(is_outline_number);
         line.size >= body * HEADING_SIZE_RATIO
             && line.text.len() <= MAX_HEADING_LEN
             && line.text.chars().any(char::is_alphabetic)
-            && !line.text.ends_with(['.', ',', ';'])
+            // A sentence ends in a period, but "1.8 R commands, etc." is a heading.
+            && (numbered || !line.text.ends_with(['.', ',', ';']))
+            // Table of contents entries are often set in the heading font.
+            && contents_entry(&line.text).is_none()
     };
 
     let mut found: Vec<(Heading, f32)> = Vec::new();
