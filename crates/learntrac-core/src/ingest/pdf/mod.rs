@@ -41,10 +41,10 @@ fn parse_from(bytes: &[u8], best: Source) -> Result<Book, IngestError> {
     let title = document_title(&document);
     let cleaned = clean::remove_page_furniture(layout::extract_pages(&document));
     let lines = cleaned.lines;
-    let Some(first_line) = lines.first() else {
+    if lines.is_empty() {
         return Err(IngestError::NoText);
-    };
-    let title = title.unwrap_or_else(|| first_line.text.clone());
+    }
+    let title = title.or_else(|| title_from_cover(&lines)).unwrap_or_default();
 
     let mut headings = Vec::new();
     let mut source = best;
@@ -100,6 +100,24 @@ fn load(bytes: &[u8]) -> Result<Document, IngestError> {
         });
     }
     Ok(document)
+}
+
+/// Returns the largest text on the first pages, as a title page prints the
+/// title: the first run of consecutive lines in the largest font size.
+fn title_from_cover(lines: &[Line]) -> Option<String> {
+    const COVER_PAGES: u32 = 3;
+    let first_page = lines.first()?.page;
+    let cover: Vec<&Line> = lines.iter().take_while(|l| l.page < first_page + COVER_PAGES).collect();
+    let largest = cover.iter().map(|l| l.size).fold(0.0f32, f32::max);
+    let start = cover.iter().position(|l| (l.size - largest).abs() < 0.2)?;
+    let words: Vec<&str> = cover[start..]
+        .iter()
+        .take_while(|l| (l.size - largest).abs() < 0.2 && l.page == cover[start].page)
+        .take(3)
+        .map(|l| l.text.as_str())
+        .collect();
+    let title = words.join(" ");
+    (!title.is_empty()).then_some(title)
 }
 
 fn document_title(document: &Document) -> Option<String> {
@@ -255,11 +273,11 @@ fn find_heading_line(
             };
             let same_size = (next.size - line.size).abs() < 0.2 && line.size > body_size * 1.05;
             let completes = normalized(bare_title(&text)) != target
-                && target.starts_with(&normalized(bare_title(&format!("{text} {}", next.text))));
+                && target.starts_with(&normalized(bare_title(&join_wrapped(&text, &next.text))));
             if !same_size && !completes {
                 break;
             }
-            text = format!("{text} {}", next.text);
+            text = join_wrapped(&text, &next.text);
             count += 1;
         }
         if !normalized(bare_title(&text)).starts_with(&target) {
@@ -277,6 +295,16 @@ fn find_heading_line(
         return Some((i, PrintedHeading { title, lines: count }));
     }
     None
+}
+
+/// Joins a heading line and its continuation. A hyphen at the line end
+/// goes when it breaks a word ("vari-" and "able") and stays, without a
+/// space, before a capital ("Gauss-" and "Jordan").
+fn join_wrapped(line: &str, next: &str) -> String {
+    let Some(head) = line.strip_suffix('-').filter(|h| h.ends_with(char::is_alphabetic)) else {
+        return format!("{line} {next}");
+    };
+    if next.starts_with(char::is_lowercase) { format!("{head}{next}") } else { format!("{line}{next}") }
 }
 
 /// Returns the heading as printed when the page prints it with a number
@@ -353,6 +381,16 @@ mod tests {
         let headings: Vec<(&str, Option<u32>)> = book.sections.iter().map(|s| (s.heading.as_str(), s.page)).collect();
         assert_eq!(headings, [("1 Basics", Some(1))]);
         assert_eq!(book.sections[0].text, "Some information on the (first) page.");
+    }
+
+    #[test]
+    fn wrapped_headings_lose_their_hyphen() {
+        assert_eq!(
+            join_wrapped("1.4 Deduction and the complex vari-", "able"),
+            "1.4 Deduction and the complex variable"
+        );
+        assert_eq!(join_wrapped("12.3 The Gauss-", "Jordan decomposition"), "12.3 The Gauss-Jordan decomposition");
+        assert_eq!(join_wrapped("2.7 Index vectors", "and subsets"), "2.7 Index vectors and subsets");
     }
 
     #[test]
