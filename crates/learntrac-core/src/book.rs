@@ -1,6 +1,20 @@
 //! A textbook as LearnTrac stores it: a title and a flat, ordered list of
 //! sections, each with its level in the book's hierarchy (1 for a chapter,
-//! 2 for a section, 3 and deeper for subsections) and its own text.
+//! 2 for a section, 3 and deeper for subsections), its own text, the PDF
+//! pages that text is printed on and the sections it refers to.
+//!
+//! A section is also a concept of the learning path. [`Book::chunks_within`]
+//! cuts the sections into passages that fit an embedding model's window,
+//! and each passage keeps its section and the page it starts on, so that a
+//! search hit can show book, chapter, section and page.
+
+mod passages;
+mod references;
+
+pub use passages::{CHUNK_CHARS, Chunk, DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, Window, embedding_text};
+pub use references::{find_references, is_letter, printed_number};
+
+use std::collections::HashMap;
 
 use crate::text;
 
@@ -43,16 +57,51 @@ pub struct Book {
 }
 
 /// One heading of a book and the text under it up to the next heading.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Section {
     /// 1 for a chapter, 2 for a section, 3 and more for subsections.
     pub level: u8,
     /// The heading as the book prints it, number included ("2.5 Missing values").
     pub heading: String,
+    /// Paragraphs separated by blank lines ("\n\n").
     pub text: String,
+    /// The 1-based PDF page the section starts on (where its heading is
+    /// printed, or its first text line); `None` for HTML and Markdown.
+    pub page: Option<u32>,
+    /// The later pages that `text` runs onto, in ascending order. Each
+    /// entry is where a page's text begins, so [`Section::page_at`] can
+    /// name the page of any passage. Empty for a one-page section and for
+    /// formats without pages.
+    pub page_starts: Vec<PageStart>,
+    /// Indices into [`Book::sections`] of the sections that `text` names
+    /// explicitly ("see Section 2.5", "Chapter 3", "Appendix A", "§2.5"),
+    /// in ascending order and without this section itself.
+    pub references: Vec<usize>,
+}
+
+/// The start of a page within a section's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageStart {
+    /// Byte offset in [`Section::text`] of the page's first character.
+    pub offset: usize,
+    /// 1-based PDF page number.
+    pub page: u32,
 }
 
 impl Section {
+    /// Creates a section without page numbers or references, as HTML and
+    /// Markdown books have them.
+    pub fn new(level: u8, heading: impl Into<String>, text: impl Into<String>) -> Section {
+        Section { level, heading: heading.into(), text: text.into(), ..Section::default() }
+    }
+
+    /// Returns the page on which byte `offset` of [`Section::text`] is
+    /// printed, or `None` when the book has no pages.
+    pub fn page_at(&self, offset: usize) -> Option<u32> {
+        let later = self.page_starts.iter().take_while(|start| start.offset <= offset).last();
+        later.map(|start| start.page).or(self.page)
+    }
+
     /// Returns the heading without a leading section number
     /// ("2.5 Missing values" gives "Missing values").
     pub fn concept(&self) -> &str {
@@ -114,18 +163,6 @@ pub fn is_back_matter(heading: &str) -> bool {
         || matches!(title, "contents" | "table of contents")
 }
 
-/// A passage of a section, small enough to embed and show as a search hit.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Chunk {
-    /// Index of the section in [`Book::sections`].
-    pub section: usize,
-    pub text: String,
-}
-
-/// Target size of a chunk in characters; paragraphs are joined up to it and
-/// longer paragraphs are split at sentence boundaries.
-pub const CHUNK_CHARS: usize = 1000;
-
 impl Book {
     /// Drops untitled sections without text, so that an empty title page
     /// does not become a concept, and names the remaining untitled text
@@ -147,48 +184,47 @@ impl Book {
         ancestors(&levels, index).iter().map(|&i| self.sections[i].heading.as_str()).collect::<Vec<_>>().join(" > ")
     }
 
-    /// Splits every section's text into chunks of about [`CHUNK_CHARS`].
-    /// Back matter (indexes, bibliographies) gets none, so it is never
-    /// found by search nor made into a concept.
-    pub fn chunks(&self) -> Vec<Chunk> {
-        let mut chunks = Vec::new();
-        for (index, section) in self.sections.iter().enumerate() {
-            if is_back_matter(&section.heading) {
+    /// Replaces the typographic ligatures ("ﬁ", "ﬂ", "ﬀ", ...) in every
+    /// heading and text with the letters they join, moving the page starts
+    /// with the text.
+    pub fn expand_ligatures(&mut self) {
+        for section in &mut self.sections {
+            if text::has_ligature(&section.heading) {
+                section.heading = text::expand_ligatures(&section.heading);
+            }
+            if !text::has_ligature(&section.text) {
                 continue;
             }
-            for text in split_into_chunks(&section.text, CHUNK_CHARS) {
-                chunks.push(Chunk { section: index, text });
+            for start in &mut section.page_starts {
+                start.offset = text::expand_ligatures(&section.text[..start.offset]).len();
             }
+            section.text = text::expand_ligatures(&section.text);
         }
-        chunks
     }
-}
 
-/// Joins paragraphs (separated by blank lines) into pieces of at most
-/// `target` characters; a longer paragraph is split between sentences.
-pub fn split_into_chunks(body: &str, target: usize) -> Vec<String> {
-    let mut pieces = Vec::new();
-    let mut current = String::new();
-    for paragraph in body.split("\n\n") {
-        let paragraph = text::collapse_whitespace(paragraph);
-        if paragraph.is_empty() {
-            continue;
+    /// Fills in every section's [`Section::references`] from the section
+    /// numbers its text names, resolved by the numbers printed in the
+    /// headings of this book.
+    pub fn resolve_references(&mut self) {
+        let mut by_number: HashMap<String, usize> = HashMap::new();
+        for (index, section) in self.sections.iter().enumerate() {
+            // Appendix letters head top-level sections only.
+            let number = printed_number(&section.heading).filter(|n| section.level == 1 || !is_letter(n));
+            if let Some(number) = number {
+                by_number.entry(number.to_string()).or_insert(index);
+            }
         }
-        let parts = if paragraph.len() > target { text::sentences(&paragraph) } else { vec![paragraph] };
-        for part in parts {
-            if !current.is_empty() && current.len() + part.len() + 1 > target {
-                pieces.push(std::mem::take(&mut current));
-            }
-            if !current.is_empty() {
-                current.push(' ');
-            }
-            current.push_str(&part);
+        for index in 0..self.sections.len() {
+            let mut targets: Vec<usize> = find_references(&self.sections[index].text)
+                .iter()
+                .filter_map(|number| by_number.get(number.as_str()).copied())
+                .filter(|&target| target != index)
+                .collect();
+            targets.sort_unstable();
+            targets.dedup();
+            self.sections[index].references = targets;
         }
     }
-    if !current.trim().is_empty() {
-        pieces.push(current);
-    }
-    pieces
 }
 
 #[cfg(test)]
@@ -224,10 +260,40 @@ mod tests {
     }
 
     #[test]
-    fn chunks_stay_near_target() {
-        let body = "First paragraph here.\n\nSecond one. ".repeat(100);
-        let pieces = split_into_chunks(&body, 200);
-        assert!(pieces.len() > 10);
-        assert!(pieces.iter().all(|p| p.len() <= 200), "{pieces:?}");
+    fn page_at_follows_page_starts() {
+        let mut section = Section::new(2, "2.5 Missing values", "First page. Second page. Third page.");
+        section.page = Some(12);
+        section.page_starts = vec![PageStart { offset: 12, page: 13 }, PageStart { offset: 25, page: 14 }];
+        assert_eq!(section.page_at(0), Some(12));
+        assert_eq!(section.page_at(11), Some(12));
+        assert_eq!(section.page_at(12), Some(13));
+        assert_eq!(section.page_at(30), Some(14));
+        assert_eq!(Section::new(1, "Intro", "Text").page_at(0), None);
+    }
+
+    #[test]
+    fn ligatures_expand_with_page_starts() {
+        let mut section = Section::new(1, "E\u{fb03}ciency", "\u{fb01}rst. Next");
+        section.page_starts = vec![PageStart { offset: "\u{fb01}rst. ".len(), page: 2 }];
+        let mut book = Book { title: "T".into(), format: Format::Pdf, sections: vec![section] };
+        book.expand_ligatures();
+        let section = &book.sections[0];
+        assert_eq!(section.heading, "Efficiency");
+        assert_eq!(section.text, "first. Next");
+        assert_eq!(&section.text[section.page_starts[0].offset..], "Next");
+    }
+
+    #[test]
+    fn references_resolve_to_numbered_sections() {
+        let sections = vec![
+            Section::new(1, "2 Simple manipulations", "Vectors come first; see Section 2.5 and Appendix A."),
+            Section::new(2, "2.5 Missing values", "As in Chapter 2, values may be missing (see §2.5.1 and Chapter 9)."),
+            Section::new(3, "2.5.1 NaN", "Section 2.5 covers NA."),
+            Section::new(1, "A A sample session", "Try the commands of Chapter 2."),
+        ];
+        let mut book = Book { title: "R".into(), format: Format::Pdf, sections };
+        book.resolve_references();
+        let references: Vec<&[usize]> = book.sections.iter().map(|s| s.references.as_slice()).collect();
+        assert_eq!(references, [&[1, 3][..], &[0, 2], &[1], &[0]]);
     }
 }

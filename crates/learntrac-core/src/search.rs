@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use learntrac_vector::{VectorError, VectorIndex};
 
+pub use crate::book::embedding_text;
 use crate::{embed, text};
 
 /// A chunk as the index stores it, with what a hit must show.
@@ -251,12 +252,6 @@ fn hybrid_relevance(score: f32) -> f32 {
     } else {
         RELEVANT + (score - HYBRID_THRESHOLD) / (1.0 - HYBRID_THRESHOLD) * (1.0 - RELEVANT)
     }
-}
-
-/// Returns the text embedded for a chunk. The headings give context to a
-/// passage that does not repeat its own topic.
-pub fn embedding_text(context: &str, heading: &str, chunk: &str) -> String {
-    if context.is_empty() { format!("{heading}. {chunk}") } else { format!("{context}. {heading}. {chunk}") }
 }
 
 #[cfg(test)]

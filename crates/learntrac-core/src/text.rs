@@ -1,6 +1,8 @@
 //! Tokenising, stemming and sentence splitting shared by the embedding,
 //! the lexical index, the question generator and the grader.
 
+use std::ops::Range;
+
 /// English function words that carry no topic. Sorted, for binary search.
 const STOPWORDS: &[&str] = &[
     "a",
@@ -234,29 +236,36 @@ pub fn terms(text: &str) -> Vec<String> {
 /// and an upper-case letter, digit or quote. Abbreviations such as "e.g."
 /// and "i.e." do not end a sentence.
 pub fn sentences(text: &str) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
+    sentence_spans(text).into_iter().map(|span| collapse_whitespace(&text[span])).collect()
+}
+
+/// Returns the byte ranges of the sentences of `text`, split as
+/// [`sentences`] splits them, without the white space around them.
+pub fn sentence_spans(text: &str) -> Vec<Range<usize>> {
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let byte_at = |i: usize| chars.get(i).map_or(text.len(), |&(byte, _)| byte);
     let mut out = Vec::new();
     let mut start = 0;
     let mut i = 0;
     while i < chars.len() {
-        let ch = chars[i];
-        if matches!(ch, '.' | '!' | '?') {
+        if matches!(chars[i].1, '.' | '!' | '?') {
             let mut j = i + 1;
-            while j < chars.len() && matches!(chars[j], ')' | '"' | '\'' | '\u{201d}') {
+            while j < chars.len() && matches!(chars[j].1, ')' | '"' | '\'' | '\u{201d}') {
                 j += 1;
             }
-            let spaced = j < chars.len() && chars[j].is_whitespace();
+            let spaced = j < chars.len() && chars[j].1.is_whitespace();
             let mut k = j;
-            while k < chars.len() && chars[k].is_whitespace() {
+            while k < chars.len() && chars[k].1.is_whitespace() {
                 k += 1;
             }
             let next_starts = k >= chars.len()
-                || chars[k].is_uppercase()
-                || chars[k].is_ascii_digit()
-                || matches!(chars[k], '"' | '\u{201c}' | '(');
+                || chars[k].1.is_uppercase()
+                || chars[k].1.is_ascii_digit()
+                || matches!(chars[k].1, '"' | '\u{201c}' | '(');
             let word_before: String = chars[start..i]
                 .iter()
                 .rev()
+                .map(|&(_, c)| c)
                 .take_while(|c| !c.is_whitespace())
                 .collect::<String>()
                 .chars()
@@ -267,7 +276,7 @@ pub fn sentences(text: &str) -> Vec<String> {
                 "e.g" | "i.e" | "etc" | "vs" | "cf" | "fig" | "eq" | "mr" | "dr" | "no"
             );
             if (spaced || j >= chars.len()) && next_starts && !abbreviation {
-                push_sentence(&mut out, &chars[start..j]);
+                push_span(&mut out, text, byte_at(start)..byte_at(j));
                 start = k;
                 i = k;
                 continue;
@@ -275,18 +284,92 @@ pub fn sentences(text: &str) -> Vec<String> {
         }
         i += 1;
     }
-    if start < chars.len() {
-        push_sentence(&mut out, &chars[start..]);
+    push_span(&mut out, text, byte_at(start)..text.len());
+    out
+}
+
+/// Adds `span` to `out` without the white space at its ends, unless
+/// nothing else is left.
+fn push_span(out: &mut Vec<Range<usize>>, text: &str, span: Range<usize>) {
+    let part = &text[span.clone()];
+    let trimmed_start = part.trim_start();
+    let start = span.start + (part.len() - trimmed_start.len());
+    let end = start + trimmed_start.trim_end().len();
+    if start < end {
+        out.push(start..end);
+    }
+}
+
+/// Returns the byte ranges of the white-space-separated words of `text`.
+pub fn word_spans(text: &str) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (index, ch) in text.char_indices() {
+        match (ch.is_whitespace(), start) {
+            (true, Some(begin)) => {
+                out.push(begin..index);
+                start = None;
+            }
+            (false, None) => start = Some(index),
+            _ => {}
+        }
+    }
+    if let Some(begin) = start {
+        out.push(begin..text.len());
     }
     out
 }
 
-fn push_sentence(out: &mut Vec<String>, chars: &[char]) {
-    let sentence: String = chars.iter().collect();
-    let sentence = collapse_whitespace(&sentence);
-    if !sentence.is_empty() {
-        out.push(sentence);
+/// Replaces the Latin typographic ligatures (U+FB00 to U+FB06, "ﬁ", "ﬂ",
+/// "ﬀ", "ﬃ", "ﬄ", "ﬅ", "ﬆ") with the letters they join, so that words
+/// typeset with them match words typed without.
+pub fn expand_ligatures(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        match ch {
+            '\u{fb00}' => out.push_str("ff"),
+            '\u{fb01}' => out.push_str("fi"),
+            '\u{fb02}' => out.push_str("fl"),
+            '\u{fb03}' => out.push_str("ffi"),
+            '\u{fb04}' => out.push_str("ffl"),
+            '\u{fb05}' | '\u{fb06}' => out.push_str("st"),
+            _ => out.push(ch),
+        }
     }
+    out
+}
+
+/// Returns whether `text` contains one of the ligatures that
+/// [`expand_ligatures`] replaces.
+pub fn has_ligature(text: &str) -> bool {
+    text.chars().any(|c| ('\u{fb00}'..='\u{fb06}').contains(&c))
+}
+
+/// Estimates how many tokens a WordPiece tokenizer such as BERT's makes of
+/// `text`: one per run of letters and digits plus one for every further 8
+/// characters of the run, one per other visible character, and 2 for
+/// `[CLS]` and `[SEP]`. It serves callers without the model's tokenizer.
+/// NOTE: an estimate; rare words and formulas can take more tokens.
+pub fn estimate_tokens(text: &str) -> usize {
+    let mut tokens = 2;
+    let mut run = 0usize;
+    for ch in text.chars() {
+        if ch.is_alphanumeric() {
+            run += 1;
+            continue;
+        }
+        if run > 0 {
+            tokens += 1 + (run - 1) / 8;
+            run = 0;
+        }
+        if !ch.is_whitespace() {
+            tokens += 1;
+        }
+    }
+    if run > 0 {
+        tokens += 1 + (run - 1) / 8;
+    }
+    tokens
 }
 
 /// Replaces every run of white space with one space and trims the ends.
@@ -333,6 +416,37 @@ mod tests {
     fn sentences_respect_abbreviations() {
         let text = "R has vectors, e.g. numbers. Missing values are NA. Is that so? Yes.";
         assert_eq!(sentences(text), ["R has vectors, e.g. numbers.", "Missing values are NA.", "Is that so?", "Yes."]);
+    }
+
+    #[test]
+    fn sentence_spans_skip_white_space() {
+        let text = "  One here.  Two\nthere. ";
+        let spans: Vec<&str> = sentence_spans(text).into_iter().map(|span| &text[span]).collect();
+        assert_eq!(spans, ["One here.", "Two\nthere."]);
+    }
+
+    #[test]
+    fn word_spans_find_words() {
+        let text = " a  bc\td ";
+        let words: Vec<&str> = word_spans(text).into_iter().map(|span| &text[span]).collect();
+        assert_eq!(words, ["a", "bc", "d"]);
+    }
+
+    #[test]
+    fn ligatures_are_expanded() {
+        assert_eq!(
+            expand_ligatures("e\u{fb03}cient \u{fb01}nd \u{fb02}ow o\u{fb00} \u{fb04}"),
+            "efficient find flow off ffl"
+        );
+        assert!(has_ligature("di\u{fb00}er"));
+        assert!(!has_ligature("differ"));
+    }
+
+    #[test]
+    fn token_estimate_counts_words_and_marks() {
+        assert_eq!(estimate_tokens(""), 2);
+        assert_eq!(estimate_tokens("Missing values."), 5);
+        assert_eq!(estimate_tokens("internationalization"), 5);
     }
 
     #[test]

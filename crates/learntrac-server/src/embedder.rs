@@ -206,7 +206,8 @@ impl Embedder {
                 let mut egress = egress.clone();
                 egress.timeout = Duration::from_secs(remote.timeout_seconds);
                 let client = crate::egress::client(&egress)?;
-                let id = format!("openai:{}@{}", remote.model, remote.url.trim_end_matches('/'));
+                // No '@' in the id: logs mask what looks like a mail address.
+                let id = format!("openai:{}:{}", remote.model, remote.url.trim_end_matches('/'));
                 let remote = Remote { settings: remote.clone(), api_key, client };
                 Ok(Embedder(Arc::new(Inner { kind: Kind::Remote(remote), id })))
             }
@@ -247,7 +248,7 @@ impl Embedder {
     pub fn count_tokens(&self, text: &str) -> usize {
         match &self.0.kind {
             Kind::MiniLm(model) => model.token_count(text),
-            Kind::Builtin | Kind::Remote(_) => estimate_tokens(text),
+            Kind::Builtin | Kind::Remote(_) => learntrac_core::text::estimate_tokens(text),
         }
     }
 
@@ -287,26 +288,6 @@ impl std::fmt::Debug for Embedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Embedder").field(&self.0.id).finish()
     }
-}
-
-/// Estimates WordPiece tokens for a model whose tokenizer is not at hand:
-/// a word of up to six letters is about one token, longer words and
-/// numbers split further, and each punctuation mark is one.
-pub fn estimate_tokens(text: &str) -> usize {
-    let mut count = 0;
-    for word in text.split_whitespace() {
-        let mut letters: usize = 0;
-        for c in word.chars() {
-            if c.is_alphanumeric() {
-                letters += 1;
-            } else {
-                count += 1 + letters.div_ceil(6);
-                letters = 0;
-            }
-        }
-        count += letters.div_ceil(6);
-    }
-    count
 }
 
 /// An OpenAI-compatible embeddings service.
@@ -390,14 +371,6 @@ fn parse_remote(response: RemoteResponse, expected: usize) -> Result<Vec<Vec<f32
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn estimates_are_close_to_wordpiece_counts() {
-        assert_eq!(estimate_tokens(""), 0);
-        assert_eq!(estimate_tokens("the cat sat"), 3);
-        assert_eq!(estimate_tokens("print(x)"), 4);
-        assert!(estimate_tokens("internationalisation") >= 3);
-    }
 
     #[test]
     fn remote_settings_are_checked() {

@@ -10,8 +10,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use learntrac_core::book::{Book, Format};
-use learntrac_core::search::embedding_text;
+use learntrac_core::book::{Book, DEFAULT_OVERLAP_TOKENS, Format, Window, embedding_text};
 use learntrac_core::search::{Hit, Index, Passage, Scoring};
 use learntrac_core::{embed, ingest};
 use learntrac_store::{
@@ -231,8 +230,12 @@ async fn run_ingest(
     let actor = upload.actor.clone();
     match outcome {
         Ok(record) => {
+            // The index is rebuilt before the job reports success, so that a
+            // client that saw the job succeed finds the book.
+            if let Err(error) = reload_index(state).await {
+                tracing::error!(job_id, error = %error, "cannot rebuild the search index; it is retried within seconds");
+            }
             state.store.finish_job(job_id, JobState::Succeeded, Some(record.id), None, state.now()).await?;
-            reload_index(state).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::info!(job_id, book_id = record.id, title = %record.title, sections = record.sections, chunks = record.chunks, "book ingested");
             let details = format!("{}: {} sections, {} passages", upload.file_name, record.sections, record.chunks);
             audit::record(state, actor, "book.create", &format!("book:{}", record.id), "success", &details).await;
@@ -261,22 +264,27 @@ async fn ingest_steps(
     let fallback_title = upload.file_name.rsplit_once('.').map_or(upload.file_name.as_str(), |(s, _)| s).to_string();
     let bytes = upload.bytes.clone();
     let format = upload.format;
-    let book = tokio::task::spawn_blocking(move || ingest::parse(&bytes, format, &fallback_title))
-        .await
-        .map_err(|e| Stop::Failed(format!("the parser stopped unexpectedly: {e}")))?
-        .map_err(|e| Stop::Failed(e.to_string()))?;
-    let pages = 0;
     let embedder = state.embedder.clone();
-    let chunks = book.chunks();
+    let for_parser = embedder.clone();
+    // Parsing and cutting into passages (which tokenizes every sentence)
+    // are CPU-bound, so they run off the async threads.
+    let (book, chunks, texts) = tokio::task::spawn_blocking(move || {
+        let book = ingest::parse(&bytes, format, &fallback_title)?;
+        let count = |text: &str| for_parser.count_tokens(text);
+        let window = Window { max_tokens: for_parser.window(), count: &count, overlap_tokens: DEFAULT_OVERLAP_TOKENS };
+        let chunks = book.chunks_within(&window);
+        let texts: Vec<String> = chunks.iter().map(|c| book.embedding_text(c)).collect();
+        Ok::<_, ingest::IngestError>((book, chunks, texts))
+    })
+    .await
+    .map_err(|e| Stop::Failed(format!("the parser stopped unexpectedly: {e}")))?
+    .map_err(|e| Stop::Failed(e.to_string()))?;
+    let pages = page_count(&book);
     if chunks.is_empty() {
         return Err(Stop::Failed("no text was found in the file".into()));
     }
     let mut progress =
         JobProgress { pages_done: pages, pages_total: pages, passages_done: 0, passages_total: chunks.len() as i64 };
-    let texts: Vec<String> = chunks
-        .iter()
-        .map(|c| embedding_text(&book.context(c.section), &book.sections[c.section].heading, &c.text))
-        .collect();
     let mut vectors = Vec::with_capacity(texts.len());
     for batch in texts.chunks(BATCH) {
         if heartbeat.report(progress).await {
@@ -313,6 +321,12 @@ async fn ingest_steps(
     }
 }
 
+/// Returns the number of pages a PDF's text covers; 0 for other formats.
+fn page_count(book: &Book) -> i64 {
+    let pages = book.sections.iter().flat_map(|s| s.page.into_iter().chain(s.page_starts.iter().map(|p| p.page)));
+    pages.max().map_or(0, i64::from)
+}
+
 /// Turns a parsed book and its embedded passages into what the store keeps.
 fn new_book<'a>(
     book: &'a Book,
@@ -332,14 +346,19 @@ fn new_book<'a>(
                 level: i64::from(s.level),
                 heading: s.heading.clone(),
                 body: s.text.clone(),
-                page: None,
-                references: Vec::new(),
+                page: s.page.map(i64::from),
+                references: s.references.iter().map(|&r| r as i64).collect(),
             })
             .collect(),
         chunks: chunks
             .into_iter()
             .zip(vectors)
-            .map(|(chunk, vectors)| NewChunk { section: chunk.section, body: chunk.text, page: None, vectors })
+            .map(|(chunk, vectors)| NewChunk {
+                section: chunk.section,
+                body: chunk.text,
+                page: chunk.page.map(i64::from),
+                vectors,
+            })
             .collect(),
         created_by: upload.created_by(),
     }
@@ -477,8 +496,8 @@ pub async fn reembed(state: &AppState) -> anyhow::Result<()> {
     }
     drop(heartbeat);
     let dropped = state.store.delete_other_vectors(&[BUILTIN_MODEL, &model]).await?;
-    state.store.finish_job(job.id, JobState::Succeeded, None, None, state.now()).await?;
     reload_index(state).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    state.store.finish_job(job.id, JobState::Succeeded, None, None, state.now()).await?;
     tracing::info!(job_id = job.id, model = %model, dropped_vectors = dropped, "the library is embedded by the new model");
     Ok(())
 }

@@ -103,9 +103,10 @@ pub async fn create_path(
             book_position: s.position as f32 / s.book_sections.max(1) as f32,
             heading: &s.heading,
             text: &s.body,
+            references: &s.references,
         })
         .collect();
-    let planned = path::plan(&mut candidates);
+    let planned = path::plan(&mut candidates).concepts;
 
     let subject = hits[0].passage.book_title.clone();
     let tickets: Vec<NewTicket> = planned

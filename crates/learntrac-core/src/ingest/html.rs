@@ -21,7 +21,7 @@ pub fn parse(bytes: &[u8]) -> Result<Book, IngestError> {
     let source = String::from_utf8_lossy(bytes);
     let document = Html::parse_document(&source);
 
-    let mut walker = Walker { sections: vec![Section { level: 1, heading: String::new(), text: String::new() }] };
+    let mut walker = Walker { sections: vec![Section::new(1, "", "")] };
     let root = main_content(&document);
     walker.walk(root);
 
@@ -76,11 +76,7 @@ impl Walker {
                     }
                     if let Some(level) = heading_level(name) {
                         let heading = child_element.text().collect::<String>().replace('¶', "");
-                        self.sections.push(Section {
-                            level,
-                            heading: collapse_whitespace(&heading),
-                            text: String::new(),
-                        });
+                        self.sections.push(Section::new(level, collapse_whitespace(&heading), ""));
                         continue;
                     }
                     if let Some(current) = self.sections.last_mut() {

@@ -9,7 +9,7 @@ use crate::text::collapse_whitespace;
 
 pub fn parse(bytes: &[u8]) -> Result<Book, IngestError> {
     let source = std::str::from_utf8(bytes).map_err(|_| IngestError::Encoding)?;
-    let mut sections = vec![Section { level: 1, heading: String::new(), text: String::new() }];
+    let mut sections = vec![Section::new(1, "", "")];
     let mut in_heading: Option<u8> = None;
     let mut heading = String::new();
 
@@ -21,7 +21,7 @@ pub fn parse(bytes: &[u8]) -> Result<Book, IngestError> {
             }
             Event::End(TagEnd::Heading(_)) => {
                 let level = in_heading.take().unwrap_or(1);
-                sections.push(Section { level, heading: collapse_whitespace(&heading), text: String::new() });
+                sections.push(Section::new(level, collapse_whitespace(&heading), ""));
             }
             Event::Text(text) | Event::Code(text) => match in_heading {
                 Some(_) => heading.push_str(&text),

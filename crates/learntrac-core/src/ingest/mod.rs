@@ -10,6 +10,12 @@ use crate::book::{Book, Format};
 pub enum IngestError {
     #[error("the PDF could not be read: {0}")]
     Pdf(String),
+    #[error("the file is not a PDF: it has no %PDF- header; upload the PDF itself, not a renamed file")]
+    NotPdf,
+    #[error("the PDF is truncated: its end marker (%%EOF) is missing; upload the complete file")]
+    Truncated,
+    #[error("the PDF is encrypted with a password; decrypt it first (for example with qpdf --decrypt)")]
+    Encrypted,
     #[error("the file is not valid UTF-8 text")]
     Encoding,
     #[error("no text was found in the file; a scanned PDF needs OCR before it can be ingested")]
@@ -40,6 +46,8 @@ pub fn parse(bytes: &[u8], format: Format, fallback_title: &str) -> Result<Book,
     if book.sections.iter().all(|s| s.text.trim().is_empty()) {
         return Err(IngestError::NoText);
     }
+    book.expand_ligatures();
+    book.resolve_references();
     Ok(book)
 }
 

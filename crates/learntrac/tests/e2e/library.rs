@@ -82,7 +82,7 @@ async fn uploads_run_as_jobs_that_report_cancel_and_fail() {
     let message = again.json::<Value>().await.expect("error")["message"].as_str().expect("message").to_string();
     assert!(message.contains(&format!("book {book_id}")), "{message}");
     let (_, found) =
-        server.post_json(&learner, "/api/v1/search", &json!({"query": "how are missing values represented"})).await;
+        server.post_json(&learner, "/api/v1/search", &json!({"query": "how does R handle missing values"})).await;
     let first = &found["passages"][0];
     assert_eq!(first["heading"], "2.5 Missing values", "{found}");
     assert!(first["page"].as_i64().is_some_and(|p| p > 1), "a PDF passage has its page: {first}");
@@ -263,7 +263,9 @@ async fn embeddings_stand_in(
     (base, ca_file, seen, handle)
 }
 
-#[tokio::test]
+// Two worker threads: the stand-in must answer while the test waits for
+// `learntrac ingest`, a blocking call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_embeddings_service_is_used_with_its_key_and_retries() {
     let mut server = Server::new().await;
     let (base, ca_file, seen, _handle) = embeddings_stand_in(&server.data_dir).await;
@@ -271,7 +273,7 @@ async fn a_remote_embeddings_service_is_used_with_its_key_and_retries() {
     assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
     let settings = |path: &str, retries: u32| {
         format!(
-            "egress_ca_file = {ca:?}\n[embeddings]\nprovider = \"openai\"\n[embeddings.openai]\n\
+            "egress_ca_file = {ca:?}\n[secret_policy]\napi = [\"embeddings-key\"]\n[embeddings]\nprovider = \"openai\"\n[embeddings.openai]\n\
              url = \"{base}{path}/v1\"\nmodel = \"stand-in\"\napi_key = \"secret:embeddings-key\"\n\
              timeout_seconds = 1\nretries = {retries}\n",
             ca = ca_file.display().to_string()
@@ -294,7 +296,7 @@ async fn a_remote_embeddings_service_is_used_with_its_key_and_retries() {
     let output = server.cli(&["ingest", book.to_str().expect("utf-8")], "");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let model = format!("openai:stand-in@{base}/v1");
+    let model = format!("openai:stand-in:{base}/v1");
     assert!(text.contains(&model), "{text}");
     {
         let seen = seen.lock().expect("seen");
