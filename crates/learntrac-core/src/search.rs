@@ -36,7 +36,9 @@ pub enum Scoring {
     /// A sentence-embedding model: relevance is the cosine mapped linearly
     /// from `zero` (relevance 0) to `full` (relevance 1). The mapping does
     /// not depend on the library, so a threshold means the same at any size.
-    Cosine { zero: f32, full: f32 },
+    /// A passage that contains the query's identifiers verbatim (such as
+    /// `str.format` or `__init__`) gains up to `identifier_bonus`.
+    Cosine { zero: f32, full: f32, identifier_bonus: f32 },
 }
 
 #[derive(Clone, Debug)]
@@ -174,6 +176,7 @@ impl Index {
             .collect();
         let idf_total: f32 = idf.iter().sum();
 
+        let identifiers = text::identifiers(query);
         let score = |entry: &Entry, cosine: f32| {
             let mut matched = 0.0;
             let mut present = 0.0;
@@ -202,9 +205,15 @@ impl Index {
                     let semantic = (cosine / SEMANTIC_FULL).clamp(0.0, 1.0);
                     (semantic, hybrid_relevance(LEXICAL_WEIGHT * lexical + (1.0 - LEXICAL_WEIGHT) * semantic))
                 }
-                Scoring::Cosine { zero, full } => {
+                Scoring::Cosine { zero, full, identifier_bonus } => {
                     let semantic = ((cosine - zero) / (full - zero)).clamp(0.0, 1.0);
-                    (semantic, semantic)
+                    let found = identifiers.iter().filter(|id| entry.passage.text.contains(id.as_str())).count();
+                    let bonus = if identifiers.is_empty() {
+                        0.0
+                    } else {
+                        identifier_bonus * found as f32 / identifiers.len() as f32
+                    };
+                    (semantic, (semantic + bonus).min(1.0))
                 }
             };
             Hit { passage: entry.passage.clone(), relevance, lexical, semantic, coverage }

@@ -345,6 +345,30 @@ pub fn has_ligature(text: &str) -> bool {
     text.chars().any(|c| ('\u{fb00}'..='\u{fb06}').contains(&c))
 }
 
+/// Returns the words of `query` that look like code rather than prose:
+/// names with `_`, `.`, brackets or inner capitals (`str.format`,
+/// `__init__`, `isinstance()`, `NaN`), and operators of two or more signs
+/// (`:=`, `**`). Surrounding quotes, backticks and sentence punctuation are
+/// dropped, and so are call brackets, so that `range()` matches `range(10)`.
+pub fn identifiers(query: &str) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for word in query.split_whitespace() {
+        let word = word.trim_matches(|c: char| matches!(c, '"' | '\'' | '`' | '?' | '!' | ',' | ';' | '“' | '”'));
+        let word = word.strip_suffix("()").unwrap_or(word);
+        let word = word.strip_suffix('.').unwrap_or(word);
+        let letters = word.chars().filter(|c| c.is_alphanumeric()).count();
+        let code_like = if letters == 0 {
+            word.chars().count() >= 2 && word.chars().all(|c| "!%&*+-/:<=>@^|~".contains(c))
+        } else {
+            word.chars().any(|c| "_.()[]{}:=<>".contains(c)) || word.chars().skip(1).any(char::is_uppercase)
+        };
+        if code_like && !found.iter().any(|f| f == word) {
+            found.push(word.to_string());
+        }
+    }
+    found
+}
+
 /// Estimates how many tokens a WordPiece tokenizer such as BERT's makes of
 /// `text`: one per run of letters and digits plus one for every further 8
 /// characters of the run, one per other visible character, and 2 for
@@ -391,6 +415,14 @@ pub fn excerpt(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identifiers_are_code_like_words() {
+        assert_eq!(identifiers("what does the walrus operator := do?"), [":="]);
+        assert_eq!(identifiers("how does `str.format()` fill in {} placeholders"), ["str.format", "{}"]);
+        assert_eq!(identifiers("what is __name__ for, and isNaN?"), ["__name__", "isNaN"]);
+        assert_eq!(identifiers("How do I sort a list. Then what?"), Vec::<String>::new());
+    }
 
     #[test]
     fn stopwords_are_sorted() {

@@ -31,12 +31,24 @@ pub struct EmbeddingSettings {
     pub provider: ProviderChoice,
     /// Folder of the all-MiniLM-L6-v2 model; DATA_DIR/models/all-MiniLM-L6-v2 by default.
     pub model_dir: Option<PathBuf>,
+    /// Relevance added to a passage that contains every identifier of the
+    /// query verbatim (`str.format`, `__init__`), with a sentence-embedding
+    /// model; 0 ranks by meaning alone.
+    pub identifier_bonus: f32,
     pub openai: Option<RemoteSettings>,
 }
 
+/// Default of `identifier_bonus`.
+const IDENTIFIER_BONUS: f32 = 0.1;
+
 impl Default for EmbeddingSettings {
     fn default() -> EmbeddingSettings {
-        EmbeddingSettings { provider: ProviderChoice::Auto, model_dir: None, openai: None }
+        EmbeddingSettings {
+            provider: ProviderChoice::Auto,
+            model_dir: None,
+            identifier_bonus: IDENTIFIER_BONUS,
+            openai: None,
+        }
     }
 }
 
@@ -85,6 +97,9 @@ fn default_max_input_tokens() -> usize {
 
 impl EmbeddingSettings {
     pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.identifier_bonus) {
+            return Err(format!("identifier_bonus {} must be from 0.0 to 1.0", self.identifier_bonus));
+        }
         match (&self.provider, &self.openai) {
             (ProviderChoice::Openai, None) => {
                 return Err("provider = \"openai\" needs an [embeddings.openai] table with url and model".into());
@@ -140,6 +155,7 @@ pub struct Embedder(Arc<Inner>);
 struct Inner {
     kind: Kind,
     id: String,
+    identifier_bonus: f32,
 }
 
 enum Kind {
@@ -152,11 +168,16 @@ enum Kind {
 /// on the evaluation set (`bench/eval`), is rarely below 0.35 and
 /// unrelated passages seldom reach 0.25: the threshold of 0.65 falls at a
 /// cosine of about 0.42, whatever the size of the library.
-const MINILM_SCORING: Scoring = Scoring::Cosine { zero: 0.1, full: 0.6 };
+const MINILM_ZERO: f32 = 0.1;
+const MINILM_FULL: f32 = 0.6;
 
 impl Embedder {
     pub fn builtin() -> Embedder {
-        Embedder(Arc::new(Inner { kind: Kind::Builtin, id: BUILTIN_MODEL.to_string() }))
+        Embedder::new(Kind::Builtin, BUILTIN_MODEL.to_string(), 0.0)
+    }
+
+    fn new(kind: Kind, id: String, identifier_bonus: f32) -> Embedder {
+        Embedder(Arc::new(Inner { kind, id, identifier_bonus }))
     }
 
     /// Loads the embedder the settings choose. `secrets` gives the remote
@@ -186,7 +207,7 @@ impl Embedder {
                 })?;
                 let id = model.model_id().to_string();
                 tracing::info!(model = %id, seconds = started.elapsed().as_secs_f32(), "sentence-embedding model loaded");
-                Ok(Embedder(Arc::new(Inner { kind: Kind::MiniLm(model), id })))
+                Ok(Embedder::new(Kind::MiniLm(model), id, settings.identifier_bonus))
             }
             ProviderChoice::Openai => {
                 let Some(remote) = &settings.openai else {
@@ -209,7 +230,7 @@ impl Embedder {
                 // No '@' in the id: logs mask what looks like a mail address.
                 let id = format!("openai:{}:{}", remote.model, remote.url.trim_end_matches('/'));
                 let remote = Remote { settings: remote.clone(), api_key, client };
-                Ok(Embedder(Arc::new(Inner { kind: Kind::Remote(remote), id })))
+                Ok(Embedder::new(Kind::Remote(remote), id, settings.identifier_bonus))
             }
         }
     }
@@ -225,13 +246,14 @@ impl Embedder {
 
     /// How the index turns this model's cosines into relevance.
     pub fn scoring(&self) -> Scoring {
+        let cosine = Scoring::Cosine { zero: MINILM_ZERO, full: MINILM_FULL, identifier_bonus: self.0.identifier_bonus };
         match self.0.kind {
             Kind::Builtin => Scoring::Hybrid,
-            Kind::MiniLm(_) => MINILM_SCORING,
+            Kind::MiniLm(_) => cosine,
             // A remote model's cosines are not measured here; the MiniLM
             // mapping is a fair start for sentence-embedding models.
             // NOTE: operators of a remote model may need another min_relevance.
-            Kind::Remote(_) => MINILM_SCORING,
+            Kind::Remote(_) => cosine,
         }
     }
 

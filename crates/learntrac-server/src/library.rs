@@ -26,7 +26,9 @@ use crate::{AppState, audit};
 const STALE_JOB_SECONDS: i64 = 120;
 /// How often a live job reports, even while one step takes long.
 const HEARTBEAT_SECONDS: u64 = 20;
-/// Why a stale job failed.
+/// Most ingestions queued or running at once; each holds its file in memory.
+const MAX_UNFINISHED_UPLOADS: i64 = 8;
+/// The reason recorded for a stale job.
 const INTERRUPTED: &str = "the server stopped before the job finished; upload the book again";
 
 /// Builds the search index: from the configured model's vectors when every
@@ -40,8 +42,23 @@ pub async fn load_index(store: &Store, embedder: &Embedder) -> anyhow::Result<In
         (BUILTIN_MODEL.to_string(), Scoring::Hybrid)
     };
     let contexts = section_contexts(&store.section_outline().await?);
-    let mut index = Index::new(&model, scoring);
-    for chunk in store.indexed_chunks(&model).await? {
+    let chunks = store.indexed_chunks(&model).await?;
+    // Building the index is CPU-bound (and builds a graph for a large
+    // library), so it runs off the async threads while the old index serves.
+    // NOTE: the whole index is rebuilt on every change of the library.
+    tokio::task::spawn_blocking(move || build_index(&model, scoring, chunks, &contexts))
+        .await
+        .context("the index-building task failed")
+}
+
+fn build_index(
+    model: &str,
+    scoring: Scoring,
+    chunks: Vec<learntrac_store::StoredChunk>,
+    contexts: &std::collections::HashMap<i64, String>,
+) -> Index {
+    let mut index = Index::new(model, scoring);
+    for chunk in chunks {
         let Some(embedding) = embed::from_bytes(&chunk.embedding) else {
             tracing::warn!(chunk_id = chunk.id, "stored embedding has an invalid length; chunk left out of the index");
             continue;
@@ -60,11 +77,11 @@ pub async fn load_index(store: &Store, embedder: &Embedder) -> anyhow::Result<In
             embedding,
         );
         if let Err(error) = inserted {
-            tracing::warn!(chunk_id = chunk.id, model = %model, error = %error, "stored embedding rejected; chunk left out of the index");
+            tracing::warn!(chunk_id = chunk.id, model, error = %error, "stored embedding rejected; chunk left out of the index");
         }
     }
-    tracing::info!(chunks = index.len(), model = %model, "search index loaded");
-    Ok(index)
+    tracing::info!(chunks = index.len(), model, "search index loaded");
+    index
 }
 
 /// Maps each section id to the headings that enclose it, from the outline
@@ -137,6 +154,10 @@ async fn check_upload(state: &AppState, bytes: &[u8], file_name: &str) -> ApiRes
     if let Some(job_id) = state.store.pending_job_with_hash(&content_hash).await? {
         return Err(ApiError::Conflict(format!("{file_name} is already being ingested by job {job_id}")));
     }
+    if state.store.unfinished_jobs(JobKind::Ingest).await? >= MAX_UNFINISHED_UPLOADS {
+        tracing::warn!(file_name, limit = MAX_UNFINISHED_UPLOADS, "upload rejected: too many books are being ingested");
+        return Err(ApiError::TooManyRequests { retry_after: 30 });
+    }
     Ok((format, content_hash))
 }
 
@@ -150,7 +171,7 @@ struct Upload {
 }
 
 impl Upload {
-    /// The user who added the book, if a user did.
+    /// Returns the user who added the book, if a user did.
     fn created_by(&self) -> Option<i64> {
         match self.actor {
             audit::Actor::User(id) => Some(id),
@@ -209,7 +230,7 @@ async fn create_ingest_job(state: &AppState, upload: &Upload) -> ApiResult<JobRe
     Ok(job)
 }
 
-/// What ended a job early.
+/// The reason a job ended early.
 enum Stop {
     Cancelled,
     Failed(String),
@@ -461,6 +482,9 @@ pub async fn reembed(state: &AppState) -> anyhow::Result<()> {
     state.store.start_job(job.id, state.now()).await?;
     let heartbeat = Heartbeat::start(state, job.id);
     let mut progress = JobProgress { passages_done: done, passages_total: total, ..Default::default() };
+    // Books added while the job runs are embedded by the new model when
+    // they are ingested, so the outline read now covers every passage left.
+    let contexts = section_contexts(&state.store.section_outline().await?);
     loop {
         if heartbeat.report(progress).await {
             state.store.finish_job(job.id, JobState::Cancelled, None, None, state.now()).await?;
@@ -474,8 +498,6 @@ pub async fn reembed(state: &AppState) -> anyhow::Result<()> {
         if pending.is_empty() {
             break;
         }
-        let outline = state.store.section_outline().await?;
-        let contexts = section_contexts(&outline);
         let texts: Vec<String> = pending
             .iter()
             .map(|c| embedding_text(contexts.get(&c.section_id).map_or("", String::as_str), &c.heading, &c.body))

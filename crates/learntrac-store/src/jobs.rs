@@ -162,6 +162,15 @@ impl Store {
         row.as_ref().map(job_from_row).transpose()
     }
 
+    /// Counts the unfinished jobs of `kind`.
+    pub async fn unfinished_jobs(&self, kind: JobKind) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE kind = $1 AND state IN ('queued', 'running')")
+            .bind(kind.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// Marks a queued job as running.
     pub async fn start_job(&self, id: i64, now: i64) -> Result<()> {
         sqlx::query("UPDATE jobs SET state = 'running', updated_at = $2 WHERE id = $1 AND state = 'queued'")
@@ -284,6 +293,7 @@ mod tests {
         assert_eq!(store.pending_job_with_hash("abc").await.expect("pending"), Some(job.id));
         assert_eq!(store.pending_job(JobKind::Ingest).await.expect("pending").map(|j| j.id), Some(job.id));
         assert!(store.pending_job(JobKind::Reembed).await.expect("pending").is_none());
+        assert_eq!(store.unfinished_jobs(JobKind::Ingest).await.expect("count"), 1);
         store.start_job(job.id, 11).await.expect("start");
         let progress = JobProgress { pages_done: 2, pages_total: 4, passages_done: 0, passages_total: 9 };
         assert!(!store.job_progress(job.id, progress, 12).await.expect("progress"));

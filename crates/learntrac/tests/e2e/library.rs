@@ -47,7 +47,7 @@ async fn upload_bytes(server: &Server, token: &str, name: &str, body: Vec<u8>) -
 }
 
 #[tokio::test]
-async fn uploads_run_as_jobs_that_report_cancel_and_fail() {
+async fn upload_job_lifecycle() {
     let mut server = Server::new().await;
     server.add_user("teacher@example.org", "instructors");
     server.add_user("learner@example.org", "students");
@@ -137,7 +137,7 @@ async fn uploads_run_as_jobs_that_report_cancel_and_fail() {
 }
 
 #[tokio::test]
-async fn a_new_model_embeds_the_library_again_without_mixing() {
+async fn model_change_reembeds_library() {
     let Ok(model) = std::env::var("LEARNTRAC_MINILM_DIR") else {
         assert!(
             std::env::var("LEARNTRAC_REQUIRE_MODEL").as_deref() != Ok("1"),
@@ -266,7 +266,7 @@ async fn embeddings_stand_in(
 // Two worker threads: the stand-in must answer while the test waits for
 // `learntrac ingest`, a blocking call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_remote_embeddings_service_is_used_with_its_key_and_retries() {
+async fn remote_embeddings_key_and_retries() {
     let mut server = Server::new().await;
     let (base, ca_file, seen, _handle) = embeddings_stand_in(&server.data_dir).await;
     let put = server.cli(&["secret", "put", "embeddings-key"], "sk-test-1234\n");
