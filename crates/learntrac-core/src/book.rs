@@ -155,12 +155,13 @@ pub fn ancestors(levels: &[u8], index: usize) -> Vec<usize> {
 pub fn is_back_matter(heading: &str) -> bool {
     let title = strip_number(heading).to_lowercase();
     let title = title.trim_end_matches('.');
+    // "Appendix F References" is back matter, "11.6 Weak References" is not.
+    let title = title.strip_prefix("appendix ").and_then(|rest| rest.split_once(' ')).map_or(title, |(_, t)| t);
     title == "index"
         || title.ends_with(" index")
         || title.ends_with(" indices")
         || title.ends_with("bibliography")
-        || title.ends_with("references")
-        || matches!(title, "contents" | "table of contents")
+        || matches!(title, "references" | "contents" | "table of contents")
 }
 
 impl Book {
@@ -257,6 +258,9 @@ mod tests {
         assert!(is_back_matter("Appendix F References"));
         assert!(!is_back_matter("2.7 Index vectors; selecting and modifying subsets"));
         assert!(!is_back_matter("5.3 Index matrices"));
+        assert!(!is_back_matter("6.4.2. Intra-package References"));
+        assert!(!is_back_matter("11.6. Weak References"));
+        assert!(is_back_matter("References"));
     }
 
     #[test]

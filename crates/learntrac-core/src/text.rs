@@ -348,7 +348,7 @@ pub fn has_ligature(text: &str) -> bool {
 /// Returns the words of `query` that look like code rather than prose:
 /// names with `_`, `.`, brackets or inner capitals (`str.format`,
 /// `__init__`, `isinstance()`, `NaN`), and operators of two or more signs
-/// (`:=`, `**`). Surrounding quotes, backticks and sentence punctuation are
+/// (`:=`, `**`, `{}`). Surrounding quotes, backticks and sentence punctuation are
 /// dropped, and so are call brackets, so that `range()` matches `range(10)`.
 pub fn identifiers(query: &str) -> Vec<String> {
     let mut found: Vec<String> = Vec::new();
@@ -358,7 +358,7 @@ pub fn identifiers(query: &str) -> Vec<String> {
         let word = word.strip_suffix('.').unwrap_or(word);
         let letters = word.chars().filter(|c| c.is_alphanumeric()).count();
         let code_like = if letters == 0 {
-            word.chars().count() >= 2 && word.chars().all(|c| "!%&*+-/:<=>@^|~".contains(c))
+            word.chars().count() >= 2 && word.chars().all(|c| "!%&*+-/:<=>@^|~{}[]".contains(c))
         } else {
             word.chars().any(|c| "_.()[]{}:=<>".contains(c)) || word.chars().skip(1).any(char::is_uppercase)
         };

@@ -188,7 +188,7 @@ impl MiniLm {
         embeddings
     }
 
-    /// Returns `all-MiniLM-L6-v2@` and the first 12 hex digits of the
+    /// Returns `all-MiniLM-L6-v2:` and the first 12 hex digits of the
     /// SHA-256 of `model.safetensors`, so that stored vectors can be matched
     /// to the weights that made them. The name part stays the same for
     /// other BERT models, whose hash differs.
@@ -211,5 +211,5 @@ impl fmt::Debug for MiniLm {
 fn model_id(weights: &[u8]) -> String {
     let digest = Sha256::digest(weights);
     let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("{MODEL_NAME}@{}", &hex[..MODEL_HASH_DIGITS])
+    format!("{MODEL_NAME}:{}", &hex[..MODEL_HASH_DIGITS])
 }

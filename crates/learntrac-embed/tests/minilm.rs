@@ -85,7 +85,7 @@ fn model_reports_its_shape_and_id() {
     let Some(model) = model() else { return };
     assert_eq!(model.dimensions(), 384);
     assert_eq!(model.max_tokens(), 256);
-    let hash = model.model_id().strip_prefix("all-MiniLM-L6-v2@").expect("model id prefix");
+    let hash = model.model_id().strip_prefix("all-MiniLM-L6-v2:").expect("model id prefix");
     assert_eq!(hash.len(), 12);
     assert!(hash.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{hash}");
 }

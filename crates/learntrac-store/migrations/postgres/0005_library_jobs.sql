@@ -10,7 +10,7 @@ CREATE TABLE chunk_vectors (
     PRIMARY KEY (chunk_id, model)
 );
 CREATE INDEX chunk_vectors_model ON chunk_vectors(model);
-INSERT INTO chunk_vectors (chunk_id, model, vector) SELECT id, 'learntrac-hash-384@1', embedding FROM chunks;
+INSERT INTO chunk_vectors (chunk_id, model, vector) SELECT id, 'learntrac-hash-384:1', embedding FROM chunks;
 ALTER TABLE chunks DROP COLUMN embedding;
 
 -- The PDF page a section or a passage starts on; NULL for HTML and

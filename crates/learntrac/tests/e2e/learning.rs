@@ -343,7 +343,7 @@ async fn model_installs_from_a_folder() {
 
     let install = server.cli(&["model", "install", "--from", &model], "");
     assert!(install.status.success(), "{}", errors(&install));
-    assert!(text(&install).contains("installed all-MiniLM-L6-v2@"), "{}", text(&install));
+    assert!(text(&install).contains("installed all-MiniLM-L6-v2:"), "{}", text(&install));
     let show = server.cli(&["model", "show"], "");
     assert!(text(&show).contains("384 dimensions, a window of 256 tokens"), "{}", text(&show));
     let leftovers: Vec<_> = std::fs::read_dir(server.data_dir.join("models"))

@@ -149,12 +149,12 @@ async fn model_change_reembeds_library() {
     let mut server = Server::new().await;
     server.add_user("teacher@example.org", "instructors");
     let output = server.ingest(&corpus_dir().join("python-tutorial/appetite.html"));
-    assert!(output.contains("embedded by learntrac-hash-384@1"), "{output}");
+    assert!(output.contains("embedded by learntrac-hash-384:1"), "{output}");
     server.serve().await;
     let teacher = server.token("teacher@example.org").await;
     let query = json!({"query": "why would I choose Python over shell scripts or C?"});
     let (_, before) = server.post_json(&teacher, "/api/v1/search", &query).await;
-    assert_eq!(before["model"], "learntrac-hash-384@1", "{before}");
+    assert_eq!(before["model"], "learntrac-hash-384:1", "{before}");
     server.stop();
 
     let install = server.cli(&["model", "install", "--from", &model], "");
@@ -165,8 +165,8 @@ async fn model_change_reembeds_library() {
     // embedder's vectors; afterwards it uses the model's alone.
     let (_, during) = server.post_json(&teacher, "/api/v1/search", &query).await;
     assert!(
-        during["model"] == "learntrac-hash-384@1"
-            || during["model"].as_str().is_some_and(|m| m.starts_with("all-MiniLM-L6-v2@")),
+        during["model"] == "learntrac-hash-384:1"
+            || during["model"].as_str().is_some_and(|m| m.starts_with("all-MiniLM-L6-v2:")),
         "{during}"
     );
     let mut reembed = Value::Null;
@@ -180,7 +180,7 @@ async fn model_change_reembeds_library() {
     }
     let job = server.wait_for_job(&teacher, reembed["id"].as_i64().expect("a re-embedding job")).await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    assert!(job["model"].as_str().expect("model").starts_with("all-MiniLM-L6-v2@"), "{job}");
+    assert!(job["model"].as_str().expect("model").starts_with("all-MiniLM-L6-v2:"), "{job}");
     assert_eq!(job["passages_done"], job["passages_total"]);
     let (_, after) = server.post_json(&teacher, "/api/v1/search", &query).await;
     assert_eq!(after["model"], job["model"], "{after}");
@@ -205,7 +205,7 @@ async fn model_change_reembeds_library() {
     server.serve().await;
     let teacher = server.token("teacher@example.org").await;
     let (_, found) = server.post_json(&teacher, "/api/v1/search", &query).await;
-    assert_eq!(found["model"], "learntrac-hash-384@1", "{found}");
+    assert_eq!(found["model"], "learntrac-hash-384:1", "{found}");
     let (_, jobs) = server.get_json(&teacher, "/api/v1/jobs").await;
     assert_eq!(jobs["jobs"].as_array().expect("jobs").iter().filter(|j| j["kind"] == "reembed").count(), 1);
 }
