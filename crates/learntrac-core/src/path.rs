@@ -63,14 +63,18 @@ fn leading_number(title: &str) -> Option<u32> {
 /// whose name its text uses. One that uses none depends on the concept just
 /// before it in the same book, so that the path reads as the book teaches.
 /// A concept also depends on every planned section of its book that it
-/// refers to explicitly, unless that would close a cycle. A reference to a
-/// later section moves that section (and what it needs) ahead of the one
-/// that refers to it.
+/// refers to explicitly, unless that would close a cycle of references; a
+/// link from the book's order that would close a cycle with a reference
+/// is dropped instead. A reference to a later section moves that section
+/// (and what it needs) ahead of the one that refers to it.
 pub fn plan(candidates: &mut [Candidate<'_>]) -> Plan {
     // Books whose titles are numbered chapters sort by that number, so the
     // pages of a tutorial ingested in any order come out as it teaches them.
     candidates.sort_by_key(|c| (leading_number(c.book_title).unwrap_or(u32::MAX), c.book_id, c.position));
     let mut planned: Vec<PlannedConcept> = Vec::with_capacity(candidates.len());
+    // Links that follow from the book's order, added after the explicit
+    // references, which win when the two would form a cycle.
+    let mut from_order: Vec<Vec<usize>> = Vec::with_capacity(candidates.len());
     for (index, candidate) in candidates.iter().enumerate() {
         let concept = strip_number(candidate.heading).to_string();
         let text_terms = text::terms(candidate.text);
@@ -93,16 +97,24 @@ pub fn plan(candidates: &mut [Candidate<'_>]) -> Plan {
             text: candidate.text,
             book_position: candidate.book_position,
         });
+        from_order.push(prerequisites);
         planned.push(PlannedConcept {
             section_id: candidate.section_id,
             concept,
             heading: candidate.heading.to_string(),
             question,
-            prerequisites,
+            prerequisites: Vec::new(),
         });
     }
 
     let rejected_references = add_references(candidates, &mut planned);
+    for (index, links) in from_order.into_iter().enumerate() {
+        for target in links {
+            if !planned[index].prerequisites.contains(&target) && !depends_on(&planned, target, index) {
+                planned[index].prerequisites.push(target);
+            }
+        }
+    }
     let mut concepts = in_dependency_order(planned);
     for concept in &mut concepts {
         concept.prerequisites.sort_unstable();
@@ -320,13 +332,28 @@ mod tests {
 
     #[test]
     fn cyclic_references_are_refused() {
-        // "Limits" follows "Sums" in book order, so "Sums" cannot need it.
+        // Each section names the other; the second reference would close a cycle.
+        let mut candidates = vec![
+            candidate(1, "1 Sums", "Adding; see Section 2.", &[2]),
+            candidate(2, "2 Limits", "Limits; see Section 1.", &[1]),
+        ];
+        let plan = plan(&mut candidates);
+        let order: Vec<&str> = plan.concepts.iter().map(|c| c.heading.as_str()).collect();
+        assert_eq!(plan.rejected_references, 1);
+        assert_eq!(order, ["2 Limits", "1 Sums"]);
+        assert_eq!(plan.concepts[1].prerequisites, [0]);
+        assert!(plan.concepts[0].prerequisites.is_empty());
+    }
+
+    #[test]
+    fn references_win_over_book_order() {
+        // "Limits" follows "Sums" in the book, but "Sums" names it.
         let mut candidates =
             vec![candidate(1, "1 Sums", "Adding; see Section 2.", &[2]), candidate(2, "2 Limits", "Limits.", &[])];
         let plan = plan(&mut candidates);
         let order: Vec<&str> = plan.concepts.iter().map(|c| c.heading.as_str()).collect();
-        assert_eq!(plan.rejected_references, 1);
-        assert_eq!(order, ["1 Sums", "2 Limits"]);
+        assert_eq!(plan.rejected_references, 0);
+        assert_eq!(order, ["2 Limits", "1 Sums"]);
         assert_eq!(plan.concepts[1].prerequisites, [0]);
     }
 

@@ -91,6 +91,24 @@ pub async fn create_path(
             sections.push(section);
         }
     }
+    // A section that a chosen one names ("see Section 2.5") joins the path
+    // as its prerequisite, even when the search did not find it.
+    let mut next = 0;
+    while next < sections.len() && sections.len() < max_concepts {
+        let (book_id, references) = (sections[next].book_id, sections[next].references.clone());
+        for position in references {
+            if sections.len() >= max_concepts {
+                break;
+            }
+            if sections.iter().any(|s| s.book_id == book_id && s.position == position) {
+                continue;
+            }
+            if let Some(section) = state.store.section_at(book_id, position).await? {
+                sections.push(section);
+            }
+        }
+        next += 1;
+    }
     let titles: std::collections::HashMap<i64, &str> =
         hits.iter().map(|h| (h.passage.book_id, h.passage.book_title.as_str())).collect();
     let mut candidates: Vec<path::Candidate<'_>> = sections
@@ -106,7 +124,14 @@ pub async fn create_path(
             references: &s.references,
         })
         .collect();
-    let planned = path::plan(&mut candidates).concepts;
+    let plan = path::plan(&mut candidates);
+    if plan.rejected_references > 0 {
+        tracing::info!(
+            references = plan.rejected_references,
+            "cross-references that would make prerequisites circular were left out of the path"
+        );
+    }
+    let planned = plan.concepts;
 
     let subject = hits[0].passage.book_title.clone();
     let tickets: Vec<NewTicket> = planned

@@ -205,6 +205,16 @@ impl Store {
         rows.iter().map(section_from_row).collect()
     }
 
+    /// Returns the section at `position` in a book.
+    pub async fn section_at(&self, book_id: i64, position: i64) -> Result<Option<SectionRecord>> {
+        let row = sqlx::query(sql(format!("{SECTION_SELECT} WHERE s.book_id = $1 AND s.position = $2")))
+            .bind(book_id)
+            .bind(position)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(section_from_row).transpose()
+    }
+
     pub async fn section(&self, id: i64) -> Result<Option<SectionRecord>> {
         let row =
             sqlx::query(sql(format!("{SECTION_SELECT} WHERE s.id = $1"))).bind(id).fetch_optional(&self.pool).await?;
@@ -429,6 +439,9 @@ mod tests {
         assert_eq!(sections[1].book_sections, 2);
         assert_eq!(sections[1].level, 2);
         assert_eq!(sections[1].references, [0]);
+        let first = store.section_at(record.id, 0).await.expect("section").expect("exists");
+        assert_eq!(first.heading, "1 Mean");
+        assert!(store.section_at(record.id, 2).await.expect("section").is_none());
 
         assert!(store.delete_book(record.id).await.expect("delete"));
         assert!(!store.delete_book(record.id).await.expect("delete again"));

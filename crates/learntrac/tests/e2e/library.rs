@@ -316,3 +316,32 @@ async fn remote_embeddings_key_and_retries() {
     assert_eq!(found["passages"][0]["heading"], "Kepler's laws", "{found}");
     assert_eq!(seen.lock().expect("seen").inputs, 2, "the query was embedded remotely");
 }
+
+#[tokio::test]
+async fn cross_references_become_prerequisites() {
+    let mut server = Server::new().await;
+    server.add_user("teacher@example.org", "instructors");
+    server.add_user("learner@example.org", "students");
+    server.serve().await;
+    let teacher = server.token("teacher@example.org").await;
+    let learner = server.token("learner@example.org").await;
+    // Section 1.1 names Section 1.3, which the book teaches later.
+    let book = "# Kitchen basics\n\n\
+        ## 1.1 Sauces\n\nA velvety sauce thickens with a roux whisked into hot stock; see Section 1.3 for making the roux.\n\n\
+        ## 1.2 Knife skills\n\nHold the knife with a pinch grip and curl the fingers of the guiding hand.\n\n\
+        ## 1.3 Roux\n\nA roux is equal weights of flour and butter cooked together until it smells nutty.\n";
+    let job = server.finished_job(&teacher, server.upload(&teacher, "kitchen.md", book).await).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+
+    let (status, path) =
+        server.post_json(&learner, "/api/v1/paths", &json!({"query": "thicken a sauce with a roux"})).await;
+    assert_eq!(status, 201, "{path}");
+    let tickets = path["tickets"].as_array().expect("tickets");
+    let position = |concept: &str| tickets.iter().position(|t| t["concept"] == concept);
+    let (Some(roux), Some(sauces)) = (position("Roux"), position("Sauces")) else {
+        panic!("both sections are in the path: {path}");
+    };
+    assert!(roux < sauces, "the referenced section comes first: {path}");
+    let prerequisites = tickets[sauces]["prerequisites"].as_array().expect("prerequisites");
+    assert!(prerequisites.contains(&tickets[roux]["id"]), "{path}");
+}
