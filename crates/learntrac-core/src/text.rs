@@ -346,8 +346,8 @@ pub fn has_ligature(text: &str) -> bool {
 }
 
 /// Returns the words of `query` that look like code rather than prose:
-/// names with `_`, `.`, brackets or inner capitals (`str.format`,
-/// `__init__`, `isinstance()`, `NaN`), and operators of two or more signs
+/// names with `_`, `.`, brackets or mixed case (`str.format`, `__init__`,
+/// `isinstance()`, `NaN`), but not numbers or all-capital acronyms, and operators of two or more signs
 /// (`:=`, `**`, `{}`). Surrounding quotes, backticks and sentence punctuation are
 /// dropped, and so are call brackets, so that `range()` matches `range(10)`.
 pub fn identifiers(query: &str) -> Vec<String> {
@@ -357,10 +357,15 @@ pub fn identifiers(query: &str) -> Vec<String> {
         let word = word.strip_suffix("()").unwrap_or(word);
         let word = word.strip_suffix('.').unwrap_or(word);
         let letters = word.chars().filter(|c| c.is_alphanumeric()).count();
+        let has_letter = word.chars().any(char::is_alphabetic);
         let code_like = if letters == 0 {
             word.chars().count() >= 2 && word.chars().all(|c| "!%&*+-/:<=>@^|~{}[]".contains(c))
+        } else if !has_letter {
+            // Numbers such as 0.1 or 3.14 are prose.
+            false
         } else {
-            word.chars().any(|c| "_.()[]{}:=<>".contains(c)) || word.chars().skip(1).any(char::is_uppercase)
+            let mixed_case = word.chars().skip(1).any(char::is_uppercase) && word.chars().any(char::is_lowercase);
+            word.chars().any(|c| "_.()[]{}:=<>".contains(c)) || mixed_case
         };
         if code_like && !found.iter().any(|f| f == word) {
             found.push(word.to_string());
@@ -422,6 +427,7 @@ mod tests {
         assert_eq!(identifiers("how does `str.format()` fill in {} placeholders"), ["str.format", "{}"]);
         assert_eq!(identifiers("what is __name__ for, and isNaN?"), ["__name__", "isNaN"]);
         assert_eq!(identifiers("How do I sort a list. Then what?"), Vec::<String>::new());
+        assert_eq!(identifiers("round 0.1 in MATLAB or SQL"), Vec::<String>::new(), "numbers and acronyms");
     }
 
     #[test]

@@ -31,9 +31,9 @@ pub struct EmbeddingSettings {
     pub provider: ProviderChoice,
     /// Folder of the all-MiniLM-L6-v2 model; DATA_DIR/models/all-MiniLM-L6-v2 by default.
     pub model_dir: Option<PathBuf>,
-    /// Relevance added to a passage that contains every identifier of the
-    /// query verbatim (`str.format`, `__init__`), with a sentence-embedding
-    /// model; 0 ranks by meaning alone.
+    /// Relevance added to a passage that contains the query's identifiers
+    /// verbatim (`str.format`, `__init__`), in proportion to the share it
+    /// contains, with a sentence-embedding model; 0 ranks by meaning alone.
     pub identifier_bonus: f32,
     pub openai: Option<RemoteSettings>,
 }
@@ -160,7 +160,7 @@ struct Inner {
 
 enum Kind {
     Builtin,
-    MiniLm(learntrac_embed::MiniLm),
+    MiniLm(Box<learntrac_embed::MiniLm>),
     Remote(Remote),
 }
 
@@ -208,7 +208,7 @@ impl Embedder {
                 })?;
                 let id = model.model_id().to_string();
                 tracing::info!(model = %id, seconds = started.elapsed().as_secs_f32(), "sentence-embedding model loaded");
-                Ok(Embedder::new(Kind::MiniLm(model), id, settings.identifier_bonus))
+                Ok(Embedder::new(Kind::MiniLm(Box::new(model)), id, settings.identifier_bonus))
             }
             ProviderChoice::Openai => {
                 let Some(remote) = &settings.openai else {
@@ -239,6 +239,11 @@ impl Embedder {
     /// The id stored with every vector this embedder makes.
     pub fn id(&self) -> &str {
         &self.0.id
+    }
+
+    /// The relevance [`EmbeddingSettings::identifier_bonus`] adds at most.
+    pub fn identifier_bonus(&self) -> f32 {
+        self.0.identifier_bonus
     }
 
     pub fn is_builtin(&self) -> bool {

@@ -214,7 +214,7 @@ pub async fn ingest_now(
     let upload = Upload { bytes, file_name: file_name.to_string(), format, content_hash, actor: audit::Actor::Cli };
     let job = create_ingest_job(state, &upload).await?;
     run_ingest(state, job.id, upload, report).await?;
-    Ok(state.store.job(job.id).await?.ok_or_else(|| ApiError::NotFound(format!("job {}", job.id)))?)
+    state.store.job(job.id).await?.ok_or_else(|| ApiError::NotFound(format!("job {}", job.id)))
 }
 
 async fn create_ingest_job(state: &AppState, upload: &Upload) -> ApiResult<JobRecord> {
@@ -554,6 +554,50 @@ pub async fn watch_library(state: AppState) {
         match reload_index(&state).await {
             Ok(()) => known = Some(current),
             Err(error) => tracing::warn!(error = %error, "cannot reload the search index"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every passage of the corpus books, as MiniLM reads it (headings
+    /// included), fits its 256-token window, counted by its own tokenizer.
+    #[test]
+    fn corpus_passages_fit_the_minilm_window() {
+        let (Some(model_dir), Some(corpus)) =
+            (std::env::var_os("LEARNTRAC_MINILM_DIR"), std::env::var_os("LEARNTRAC_CORPUS"))
+        else {
+            assert!(
+                std::env::var("LEARNTRAC_REQUIRE_MODEL").as_deref() != Ok("1"),
+                "LEARNTRAC_REQUIRE_MODEL=1 but LEARNTRAC_MINILM_DIR or LEARNTRAC_CORPUS is not set"
+            );
+            eprintln!("skipped: set LEARNTRAC_MINILM_DIR and LEARNTRAC_CORPUS");
+            return;
+        };
+        let model = learntrac_embed::MiniLm::load(std::path::Path::new(&model_dir)).expect("model");
+        let corpus = std::path::PathBuf::from(corpus);
+        let mut files = vec![corpus.join("R-intro.pdf"), corpus.join("derivations.pdf")];
+        let mut chapters: Vec<_> = std::fs::read_dir(corpus.join("python-tutorial"))
+            .expect("python-tutorial")
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .collect();
+        chapters.sort();
+        files.extend(chapters);
+        for file in files {
+            let name = file.file_name().expect("name").to_string_lossy().to_string();
+            let bytes = std::fs::read(&file).expect("read");
+            let book = ingest::parse(&bytes, Format::from_file_name(&name).expect("format"), &name).expect("parse");
+            let count = |text: &str| model.token_count(text);
+            let window =
+                Window { max_tokens: model.max_tokens(), count: &count, overlap_tokens: DEFAULT_OVERLAP_TOKENS };
+            let chunks = book.chunks_within(&window);
+            assert!(!chunks.is_empty(), "{name}");
+            for chunk in &chunks {
+                let tokens = model.token_count(&book.embedding_text(chunk));
+                assert!(tokens <= model.max_tokens(), "{name}: a passage of {tokens} tokens: {:?}", chunk.text);
+            }
         }
     }
 }

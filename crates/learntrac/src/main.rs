@@ -283,7 +283,11 @@ async fn serve(args: ServeArgs, internal: Option<InternalTlsArgs>) -> Result<()>
 
     let state = AppState::open(config).await?;
     state.watch_keys(KEY_CHECK);
-    tracing::info!(model = %state.embedder.id(), "search embeds with this model");
+    tracing::info!(
+        model = %state.embedder.id(),
+        identifier_bonus = state.embedder.identifier_bonus(),
+        "search embeds with this model"
+    );
     if state.config.identity.smtp.is_none() {
         tracing::warn!(
             mail = %state.mailer.describe(),
