@@ -24,8 +24,8 @@ use crate::{AppState, audit};
 /// A job that has not reported for this long belongs to a process that
 /// stopped; it is marked as failed.
 const STALE_JOB_SECONDS: i64 = 120;
-/// How often a live job reports, even while one step takes long.
-const HEARTBEAT_SECONDS: u64 = 20;
+/// How often a live job records its progress, even while one step takes long.
+const HEARTBEAT_SECONDS: u64 = 2;
 /// Most ingestions queued or running at once; each holds its file in memory.
 const MAX_UNFINISHED_UPLOADS: i64 = 8;
 /// The reason recorded for a stale job.
@@ -287,19 +287,31 @@ async fn ingest_steps(
     let format = upload.format;
     let embedder = state.embedder.clone();
     let for_parser = embedder.clone();
+    let shared = heartbeat.progress.clone();
     // Parsing and cutting into passages (which tokenizes every sentence)
-    // are CPU-bound, so they run off the async threads.
-    let (book, chunks, texts) = tokio::task::spawn_blocking(move || {
-        let book = ingest::parse(&bytes, format, &fallback_title)?;
+    // are CPU-bound, so they run off the async threads. The heartbeat
+    // records the pages read meanwhile.
+    let mut parsing = tokio::task::spawn_blocking(move || {
+        let pages = |done: usize, total: usize| {
+            let mut progress = shared.lock().unwrap_or_else(|p| p.into_inner());
+            (progress.pages_done, progress.pages_total) = (done as i64, total as i64);
+        };
+        let book = ingest::parse_reporting(&bytes, format, &fallback_title, &pages)?;
         let count = |text: &str| for_parser.count_tokens(text);
         let window = Window { max_tokens: for_parser.window(), count: &count, overlap_tokens: DEFAULT_OVERLAP_TOKENS };
         let chunks = book.chunks_within(&window);
         let texts: Vec<String> = chunks.iter().map(|c| book.embedding_text(c)).collect();
         Ok::<_, ingest::IngestError>((book, chunks, texts))
-    })
-    .await
-    .map_err(|e| Stop::Failed(format!("the parser stopped unexpectedly: {e}")))?
-    .map_err(|e| Stop::Failed(e.to_string()))?;
+    });
+    let parsed = loop {
+        tokio::select! {
+            parsed = &mut parsing => break parsed,
+            () = tokio::time::sleep(std::time::Duration::from_millis(250)) => report(heartbeat.progress()),
+        }
+    };
+    let (book, chunks, texts) = parsed
+        .map_err(|e| Stop::Failed(format!("the parser stopped unexpectedly: {e}")))?
+        .map_err(|e| Stop::Failed(e.to_string()))?;
     let pages = page_count(&book);
     if chunks.is_empty() {
         return Err(Stop::Failed("no text was found in the file".into()));
@@ -410,6 +422,11 @@ impl Heartbeat {
             }
         });
         Heartbeat { state: state.clone(), job_id, progress, task }
+    }
+
+    /// Returns the progress last recorded.
+    fn progress(&self) -> JobProgress {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records progress; returns whether the job was asked to stop.

@@ -29,12 +29,24 @@ pub enum IngestError {
 /// and can take seconds for a long PDF, so async callers should run it on a
 /// blocking thread.
 pub fn parse(bytes: &[u8], format: Format, fallback_title: &str) -> Result<Book, IngestError> {
-    // A bug in a parser must not take the server down with it.
-    let parsed = std::panic::catch_unwind(|| match format {
-        Format::Pdf => pdf::parse(bytes),
+    parse_reporting(bytes, format, fallback_title, &|_, _| {})
+}
+
+/// Parses like [`parse`] and calls `pages(done, total)` after each page of
+/// a PDF has been read, so that a long book can show its progress.
+pub fn parse_reporting(
+    bytes: &[u8],
+    format: Format,
+    fallback_title: &str,
+    pages: &dyn Fn(usize, usize),
+) -> Result<Book, IngestError> {
+    // A bug in a parser must not take the server down with it. The progress
+    // callback sees no state that a panic could leave half-changed.
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match format {
+        Format::Pdf => pdf::parse(bytes, pages),
         Format::Html => html::parse(bytes),
         Format::Markdown => markdown::parse(bytes),
-    });
+    }));
     let mut book = match parsed {
         Ok(result) => result?,
         Err(_) => return Err(IngestError::Parser(format)),

@@ -99,6 +99,18 @@ async fn upload_job_lifecycle() {
     let derivations = std::fs::read(corpus.join("derivations.pdf")).expect("derivations.pdf");
     let response = upload_bytes(&server, &teacher, "derivations.pdf", derivations).await;
     let id = response.json::<Value>().await.expect("job")["id"].as_i64().expect("id");
+    // Pages are reported while the parser reads them.
+    let mut reading = Value::Null;
+    for _ in 0..300 {
+        let (_, job) = server.get_json(&teacher, &format!("/api/v1/jobs/{id}")).await;
+        let (done, total) = (job["pages_done"].as_i64().unwrap_or(0), job["pages_total"].as_i64().unwrap_or(0));
+        if done > 0 && done < total {
+            reading = job;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(reading["state"], "running", "a job part-way through the pages: {reading}");
     let (status, asked) = server.post_json(&teacher, &format!("/api/v1/jobs/{id}/cancel"), &json!({})).await;
     assert_eq!(status, 202, "{asked}");
     assert_eq!(asked["cancel_requested"], true);

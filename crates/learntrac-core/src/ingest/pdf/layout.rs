@@ -27,9 +27,10 @@ pub(super) struct Line {
     pub gap_before: bool,
 }
 
-/// Returns the lines of every page, in page order. A page whose content
-/// cannot be decoded has no lines rather than failing the whole book.
-pub(super) fn extract_pages(document: &Document) -> Vec<Vec<Line>> {
+/// Returns the lines of every page, in page order, calling
+/// `progress(done, total)` after each page. A page whose content cannot be
+/// decoded has no lines rather than failing the whole book.
+pub(super) fn extract_pages(document: &Document, progress: &dyn Fn(usize, usize)) -> Vec<Vec<Line>> {
     let count = document.get_pages().len() as u32;
     let mut pages = Vec::with_capacity(count as usize);
     for number in 1..=count {
@@ -39,6 +40,7 @@ pub(super) fn extract_pages(document: &Document) -> Vec<Vec<Line>> {
             Err(_) => Vec::new(),
         };
         pages.push(lines);
+        progress(number as usize, count as usize);
     }
     pages
 }
