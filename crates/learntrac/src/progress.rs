@@ -52,19 +52,26 @@ impl Bar {
     }
 }
 
-/// The bar's text: what is ingested, the share of passages embedded, the
-/// counts and the time taken.
+/// The bar's text: what is ingested, the share done, the counts and the
+/// time taken. While a PDF is read the bar follows its pages, then the
+/// passages embedded.
 fn render(label: &str, progress: JobProgress, seconds: u64) -> String {
-    let total = progress.passages_total.max(1) as usize;
-    let done = (progress.passages_done.max(0) as usize).min(total);
-    let filled = done * WIDTH / total;
-    let pages = if progress.pages_total > 0 { format!("{} pages, ", progress.pages_total) } else { String::new() };
+    let (done, total, counts) = if progress.passages_total == 0 && progress.pages_total > 0 {
+        let (done, total) = (progress.pages_done, progress.pages_total);
+        (done, total, format!("reading page {done}/{total}"))
+    } else {
+        let (done, total) = (progress.passages_done, progress.passages_total);
+        let pages = if progress.pages_total > 0 { format!("{} pages, ", progress.pages_total) } else { String::new() };
+        (done, total, format!("{pages}{done}/{total} passages"))
+    };
+    let total_units = total.max(1) as usize;
+    let done_units = (done.max(0) as usize).min(total_units);
+    let filled = done_units * WIDTH / total_units;
     format!(
-        "{label} [{}{}] {:>3}% {pages}{done}/{} passages {}:{:02}",
+        "{label} [{}{}] {:>3}% {counts} {}:{:02}",
         "#".repeat(filled),
         "-".repeat(WIDTH - filled),
-        done * 100 / total,
-        progress.passages_total,
+        done_units * 100 / total_units,
         seconds / 60,
         seconds % 60
     )
@@ -82,6 +89,9 @@ mod tests {
             line,
             format!("R-intro.pdf [{}{}]  25% 12 pages, 15/60 passages 1:15", "#".repeat(7), "-".repeat(23))
         );
+        let reading = JobProgress { pages_done: 30, pages_total: 120, passages_done: 0, passages_total: 0 };
+        let line = render("derivations.pdf", reading, 4);
+        assert!(line.ends_with(" 25% reading page 30/120 0:04"), "{line}");
         let empty = render("notes.md", JobProgress::default(), 0);
         assert!(empty.contains("0/0 passages"), "{empty}");
     }
