@@ -73,6 +73,21 @@ pub async fn serve_https(
     (format!("https://127.0.0.1:{port}"), ca_file, handle)
 }
 
+/// The all-MiniLM-L6-v2 folder from `LEARNTRAC_MINILM_DIR`, or `None`
+/// (after saying so) when it is not set and `LEARNTRAC_REQUIRE_MODEL=1`
+/// does not require it.
+pub fn minilm_dir() -> Option<String> {
+    let Ok(model) = std::env::var("LEARNTRAC_MINILM_DIR") else {
+        assert!(
+            std::env::var("LEARNTRAC_REQUIRE_MODEL").as_deref() != Ok("1"),
+            "LEARNTRAC_REQUIRE_MODEL=1 but LEARNTRAC_MINILM_DIR is not set"
+        );
+        eprintln!("skipped: set LEARNTRAC_MINILM_DIR to the all-MiniLM-L6-v2 folder");
+        return None;
+    };
+    Some(model)
+}
+
 /// Directory of the real textbooks: `LEARNTRAC_CORPUS`, or `../shared/corpus`
 /// beside the repository.
 pub fn corpus_dir() -> PathBuf {

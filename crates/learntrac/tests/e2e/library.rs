@@ -150,12 +150,7 @@ async fn upload_job_lifecycle() {
 
 #[tokio::test]
 async fn model_change_reembeds_library() {
-    let Ok(model) = std::env::var("LEARNTRAC_MINILM_DIR") else {
-        assert!(
-            std::env::var("LEARNTRAC_REQUIRE_MODEL").as_deref() != Ok("1"),
-            "LEARNTRAC_REQUIRE_MODEL=1 but LEARNTRAC_MINILM_DIR is not set"
-        );
-        eprintln!("skipped: set LEARNTRAC_MINILM_DIR to the all-MiniLM-L6-v2 folder");
+    let Some(model) = crate::harness::minilm_dir() else {
         return;
     };
     let mut server = Server::new().await;
