@@ -166,7 +166,8 @@ impl Index {
         let mut query_terms = text::terms(query);
         query_terms.sort();
         query_terms.dedup();
-        if query_terms.is_empty() || self.entries.is_empty() {
+        let identifiers = text::identifiers(query);
+        if (query_terms.is_empty() && identifiers.is_empty()) || self.entries.is_empty() {
             return Vec::new();
         }
         let count = self.entries.len() as f32;
@@ -180,7 +181,7 @@ impl Index {
             .collect();
         let idf_total: f32 = idf.iter().sum();
 
-        let identifiers = text::identifiers(query);
+        let only_identifiers = query.split_whitespace().all(|word| !text::identifiers(word).is_empty());
         let score = |entry: &Entry, cosine: f32| {
             let mut matched = 0.0;
             let mut present = 0.0;
@@ -220,7 +221,15 @@ impl Index {
                     } else {
                         identifier_bonus * found as f32 / identifiers.len() as f32
                     };
-                    (semantic.min(1.0), semantic + bonus)
+                    // A query of identifiers alone ("__init__", ":=") asks
+                    // for the passages that contain them: each of those is
+                    // relevant, and meaning orders them.
+                    let score = if only_identifiers && found == identifiers.len() && identifier_bonus > 0.0 {
+                        (semantic + bonus).max(RELEVANT + identifier_bonus * semantic)
+                    } else {
+                        semantic + bonus
+                    };
+                    (semantic.min(1.0), score)
                 }
             };
             Hit { passage: entry.passage.clone(), relevance: score.clamp(0.0, 1.0), lexical, semantic, coverage, score }
@@ -235,12 +244,31 @@ impl Index {
                 .collect(),
             // The nearest neighbours by meaning, enough of them to leave
             // `limit` sections after keeping one passage per section.
-            (Some(vectors), Scoring::Cosine { .. }) => vectors
-                .search(query_embedding, (limit * CANDIDATES_PER_HIT).max(MIN_CANDIDATES))
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|n| self.entries.get(n.id as usize).map(|entry| score(entry, n.similarity)))
-                .collect(),
+            (Some(vectors), Scoring::Cosine { .. }) => {
+                let wanted = (limit * CANDIDATES_PER_HIT).max(MIN_CANDIDATES);
+                let mut neighbors = vectors.search(query_embedding, wanted).unwrap_or_default();
+                // Passages that contain an identifier verbatim are candidates
+                // even when their meaning is far from the query's words.
+                if !identifiers.is_empty() {
+                    let verbatim: std::collections::HashSet<u64> = self
+                        .entries
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| identifiers.iter().any(|id| e.passage.text.contains(id.as_str())))
+                        .map(|(i, _)| i as u64)
+                        .collect();
+                    if !verbatim.is_empty() {
+                        let matching = vectors.search_filtered(query_embedding, wanted, |id| verbatim.contains(&id));
+                        neighbors.extend(matching.unwrap_or_default());
+                    }
+                }
+                let mut seen = std::collections::HashSet::new();
+                neighbors
+                    .into_iter()
+                    .filter(|n| seen.insert(n.id))
+                    .filter_map(|n| self.entries.get(n.id as usize).map(|entry| score(entry, n.similarity)))
+                    .collect()
+            }
         };
         hits.retain(|hit| hit.relevance >= min_relevance);
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -310,5 +338,36 @@ mod tests {
         assert!(hits[0].coverage > graphics, "the best hit contains more of the query");
         assert!(search("missing values", 0.99).len() <= 1);
         assert!(search("the of and", 0.0).is_empty());
+    }
+
+    /// A unit vector along axis `axis` of four.
+    fn axis(axis: usize) -> Vec<f32> {
+        (0..4).map(|i| if i == axis { 1.0 } else { 0.0 }).collect()
+    }
+
+    #[test]
+    fn cosine_scoring_is_calibrated_and_finds_identifiers() {
+        let scoring = Scoring::Cosine { relevant: 0.4, full: 0.8, identifier_bonus: 0.1 };
+        let mut index = Index::new("model", scoring);
+        let near = vec![0.6, 0.8, 0.0, 0.0];
+        index
+            .insert(passage(1, "9.3 Classes", "The __init__ method sets up a new instance."), axis(2))
+            .expect("insert");
+        index.insert(passage(2, "4.1 Loops", "A for loop walks over a sequence."), near).expect("insert");
+        index.insert(passage(3, "4.2 Ranges", "range() makes arithmetic progressions."), axis(1)).expect("insert");
+        assert!(index.insert(passage(4, "Bad", "Wrong length."), vec![1.0; 3]).is_err(), "another dimension");
+
+        // Cosine 0.8 maps to 1.0, 0.0 to 0.0 and 0.6 to 0.825, at any size.
+        let hits = index.search("loops over sequences", &axis(0), 10, 0.0);
+        assert_eq!(hits[0].passage.chunk_id, 2);
+        assert!((hits[0].relevance - 0.825).abs() < 0.01, "{}", hits[0].relevance);
+        assert!(index.search("loops over sequences", &axis(0), 10, 0.65).len() == 1, "the threshold applies");
+
+        // An identifier alone finds the passage that contains it verbatim,
+        // although its vector is far from the query's.
+        let hits = index.search("__init__", &axis(3), 10, 0.65);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].passage.chunk_id, 1);
+        assert!(hits[0].relevance >= RELEVANT);
     }
 }

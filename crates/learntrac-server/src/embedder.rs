@@ -204,7 +204,11 @@ impl Embedder {
             ProviderChoice::Auto | ProviderChoice::Minilm => {
                 let started = std::time::Instant::now();
                 let model = learntrac_embed::MiniLm::load(&model_dir).with_context(|| {
-                    format!("cannot load the sentence-embedding model from {}", model_dir.display())
+                    format!(
+                        "cannot load the sentence-embedding model from {}; install it with `learntrac model install`, \
+                         or set [embeddings] provider = \"builtin\"",
+                        model_dir.display()
+                    )
                 })?;
                 let id = model.model_id().to_string();
                 tracing::info!(model = %id, seconds = started.elapsed().as_secs_f32(), "sentence-embedding model loaded");
@@ -391,6 +395,10 @@ fn parse_remote(response: RemoteResponse, expected: usize) -> Result<Vec<Vec<f32
     if dimensions == 0 || vectors.iter().any(|v| v.len() != dimensions || v.iter().any(|x| !x.is_finite())) {
         bail!("the embeddings service returned empty, uneven or non-finite vectors");
     }
+    // A zero vector has no direction, so its passage could never be found.
+    if vectors.iter().any(|v| v.iter().all(|x| *x == 0.0)) {
+        bail!("the embeddings service returned an all-zero vector");
+    }
     for vector in &mut vectors {
         embed::normalize(vector);
     }
@@ -436,5 +444,7 @@ mod tests {
         };
         assert!(parse_remote(uneven, 2).is_err());
         assert!(parse_remote(RemoteResponse { data: vec![] }, 1).is_err());
+        let zero = RemoteResponse { data: vec![RemoteVector { embedding: vec![0.0, 0.0], index: 0 }] };
+        assert!(parse_remote(zero, 1).is_err());
     }
 }

@@ -22,8 +22,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::{AppState, audit};
 
 /// A job that has not reported for this long belongs to a process that
-/// stopped; it is marked as failed.
-const STALE_JOB_SECONDS: i64 = 120;
+/// stopped (a live one reports every [`HEARTBEAT_SECONDS`]); it is marked
+/// as failed.
+const STALE_JOB_SECONDS: i64 = 30;
 /// How often a live job records its progress, even while one step takes long.
 const HEARTBEAT_SECONDS: u64 = 2;
 /// Most ingestions queued or running at once; each holds its file in memory.
@@ -146,9 +147,11 @@ async fn check_upload(state: &AppState, bytes: &[u8], file_name: &str) -> ApiRes
         )
     })?;
     let content_hash = crate::sha256_hex_bytes(bytes);
+    // A job of a stopped process must not hold its file as a duplicate.
+    state.store.fail_stale_jobs(INTERRUPTED, state.now() - STALE_JOB_SECONDS, state.now()).await?;
     if let Some(book_id) = state.store.book_with_hash(&content_hash).await? {
         return Err(ApiError::Conflict(format!(
-            "{file_name} has the same content as book {book_id}; delete that book first to ingest it again"
+            "{file_name} has the same content as book {book_id}; delete that book first (DELETE /api/v1/books/{book_id}) to ingest it again"
         )));
     }
     if let Some(job_id) = state.store.pending_job_with_hash(&content_hash).await? {
@@ -243,10 +246,15 @@ async fn run_ingest(
     upload: Upload,
     report: &(dyn Fn(JobProgress) + Sync),
 ) -> anyhow::Result<()> {
+    let heartbeat = Heartbeat::start(state, job_id);
     let _slot = state.job_slots.acquire().await.context("the job queue is closed")?;
     state.store.start_job(job_id, state.now()).await?;
-    let heartbeat = Heartbeat::start(state, job_id);
-    let outcome = ingest_steps(state, job_id, &upload, report, &heartbeat).await;
+    // A job cancelled while it waited ends here, before any parsing.
+    let outcome = if heartbeat.report(JobProgress::default()).await {
+        Err(Stop::Cancelled)
+    } else {
+        ingest_steps(state, job_id, &upload, report, &heartbeat).await
+    };
     drop(heartbeat);
     let actor = upload.actor.clone();
     match outcome {
@@ -403,25 +411,30 @@ struct Heartbeat {
     state: AppState,
     job_id: i64,
     progress: Arc<std::sync::Mutex<JobProgress>>,
+    /// Held while the row is written, so that an older figure never
+    /// overwrites a newer one.
+    writing: Arc<tokio::sync::Mutex<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Heartbeat {
     fn start(state: &AppState, job_id: i64) -> Heartbeat {
         let progress = Arc::new(std::sync::Mutex::new(JobProgress::default()));
-        let shared = progress.clone();
+        let writing = Arc::new(tokio::sync::Mutex::new(()));
+        let (shared, lock) = (progress.clone(), writing.clone());
         let task_state = state.clone();
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(std::time::Duration::from_secs(HEARTBEAT_SECONDS));
             loop {
                 ticks.tick().await;
+                let _writing = lock.lock().await;
                 let now = *shared.lock().unwrap_or_else(|p| p.into_inner());
                 if let Err(error) = task_state.store.job_progress(job_id, now, task_state.now()).await {
                     tracing::warn!(job_id, error = format!("{error:#}"), "cannot record a job's progress");
                 }
             }
         });
-        Heartbeat { state: state.clone(), job_id, progress, task }
+        Heartbeat { state: state.clone(), job_id, progress, writing, task }
     }
 
     /// Returns the progress last recorded.
@@ -431,6 +444,7 @@ impl Heartbeat {
 
     /// Records progress; returns whether the job was asked to stop.
     async fn report(&self, progress: JobProgress) -> bool {
+        let _writing = self.writing.lock().await;
         *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = progress;
         match self.state.store.job_progress(self.job_id, progress, self.state.now()).await {
             Ok(cancelled) => cancelled,

@@ -28,7 +28,8 @@ pub fn routes(max_upload_bytes: usize, state: &AppState) -> Router<AppState> {
         .route("/roadmap", get(roadmap))
         .route("/admin", get(admin))
         .route("/library", get(library).merge(upload_form))
-        .route("/library/jobs/{id}/cancel", post(cancel_job))
+        // Not under /library, whose POSTs the gateway takes for uploads.
+        .route("/jobs/{id}/cancel", post(cancel_job))
         .merge(crate::idp::admin::page_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), crate::sessions::protect_forms))
 }
@@ -568,10 +569,11 @@ async fn library(
     if books.is_empty() {
         html.push_str("<p>The library is empty.</p>");
     } else {
-        html.push_str("<table><tr><th>Title</th><th>Format</th><th>Sections</th><th>Passages</th></tr>");
+        html.push_str("<table><tr><th>Book</th><th>Title</th><th>Format</th><th>Sections</th><th>Passages</th></tr>");
         for book in &books {
             html.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                book.id,
                 escape(&book.title),
                 escape(&book.format),
                 book.sections,
@@ -638,7 +640,7 @@ fn jobs_table(jobs: &[learntrac_store::JobRecord]) -> String {
             String::new()
         } else {
             format!(
-                "<form method=\"post\" action=\"/library/jobs/{}/cancel\"><button type=\"submit\">Cancel</button></form>",
+                "<form method=\"post\" action=\"/jobs/{}/cancel\"><button type=\"submit\">Cancel</button></form>",
                 job.id
             )
         };

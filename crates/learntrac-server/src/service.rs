@@ -39,7 +39,7 @@ pub fn validate_goal(goal: &str) -> ApiResult<&str> {
             format!("the query is longer than {MAX_GOAL_CHARS} characters; shorten it"),
         ));
     }
-    if learntrac_core::text::terms(goal).is_empty() {
+    if learntrac_core::text::terms(goal).is_empty() && learntrac_core::text::identifiers(goal).is_empty() {
         return Err(ApiError::bad_request("invalid_query", "the query has no searchable words; name the topic"));
     }
     Ok(goal)

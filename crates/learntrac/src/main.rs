@@ -283,10 +283,12 @@ async fn serve(args: ServeArgs, internal: Option<InternalTlsArgs>) -> Result<()>
 
     let state = AppState::open(config).await?;
     state.watch_keys(KEY_CHECK);
+    let index_model = state.index.read().unwrap_or_else(|p| p.into_inner()).model().to_string();
     tracing::info!(
         model = %state.embedder.id(),
-        identifier_bonus = state.embedder.identifier_bonus(),
-        "search embeds with this model"
+        index_model = %index_model,
+        identifier_bonus = format!("{:.2}", state.embedder.identifier_bonus()),
+        "embedding model configured; search ranks by the index model's vectors"
     );
     if state.config.identity.smtp.is_none() {
         tracing::warn!(

@@ -18,8 +18,8 @@ const BLOCK_TAGS: &[&str] =
     &["p", "div", "pre", "li", "dt", "dd", "blockquote", "table", "tr", "section", "ul", "ol", "dl", "br"];
 
 pub fn parse(bytes: &[u8]) -> Result<Book, IngestError> {
-    let source = String::from_utf8_lossy(bytes);
-    let document = Html::parse_document(&source);
+    let source = std::str::from_utf8(bytes).map_err(|e| IngestError::Encoding { offset: e.valid_up_to() })?;
+    let document = Html::parse_document(source);
 
     let mut walker = Walker { sections: vec![Section::new(1, "", "")] };
     let root = main_content(&document);
@@ -117,6 +117,12 @@ pub(crate) fn tidy_paragraphs(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn html_that_is_not_utf8_is_rejected() {
+        let latin1 = b"<html><body><h1>Caf\xe9</h1><p>Menu.</p></body></html>";
+        assert!(matches!(parse(latin1), Err(IngestError::Encoding { offset: 19 })));
+    }
 
     #[test]
     fn headings_split_sections() {

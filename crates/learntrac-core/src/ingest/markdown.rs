@@ -8,7 +8,7 @@ use crate::book::{Book, Format, Section};
 use crate::text::collapse_whitespace;
 
 pub fn parse(bytes: &[u8]) -> Result<Book, IngestError> {
-    let source = std::str::from_utf8(bytes).map_err(|_| IngestError::Encoding)?;
+    let source = std::str::from_utf8(bytes).map_err(|e| IngestError::Encoding { offset: e.valid_up_to() })?;
     let mut sections = vec![Section::new(1, "", "")];
     let mut in_heading: Option<u8> = None;
     let mut heading = String::new();
@@ -76,6 +76,6 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_rejected() {
-        assert!(matches!(parse(&[0xff, 0xfe, 0x00]), Err(IngestError::Encoding)));
+        assert!(matches!(parse(&[0xff, 0xfe, 0x00]), Err(IngestError::Encoding { offset: 0 })));
     }
 }

@@ -16,9 +16,11 @@ pub enum IngestError {
     Truncated,
     #[error("the PDF is encrypted with a password; decrypt it first (for example with qpdf --decrypt)")]
     Encrypted,
-    #[error("the file is not valid UTF-8 text")]
-    Encoding,
-    #[error("no text was found in the file; a scanned PDF needs OCR before it can be ingested")]
+    #[error(
+        "the file is not valid UTF-8 text (the first invalid byte is at offset {offset}); convert it, for example with iconv -f latin1 -t utf-8"
+    )]
+    Encoding { offset: usize },
+    #[error("no text was found in the file; if it is a scanned PDF, run OCR on it first")]
     NoText,
     #[error("the {} parser failed on this file; it may be malformed", .0.as_str())]
     Parser(Format),

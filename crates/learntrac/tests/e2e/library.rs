@@ -120,6 +120,20 @@ async fn upload_job_lifecycle() {
     let (_, books) = server.get_json(&teacher, "/api/v1/books").await;
     assert_eq!(books["books"].as_array().expect("books").len(), 1, "{books}");
 
+    // The Library page lists the job with a Cancel button that works.
+    let derivations = std::fs::read(corpus.join("derivations.pdf")).expect("derivations.pdf");
+    let response = upload_bytes(&server, &teacher, "derivations.pdf", derivations).await;
+    let id = response.json::<Value>().await.expect("job")["id"].as_i64().expect("id");
+    server.add_user("staff@example.org", "instructors");
+    let session = server.sign_in("staff@example.org", crate::harness::PASSWORD).await;
+    let page = server.client.get(server.url("/library")).header("cookie", &session).send().await.expect("page");
+    let page = page.text().await.expect("html");
+    let action = format!("action=\"/jobs/{id}/cancel\"");
+    assert!(page.contains(&action), "a Cancel button for job {id}: {page}");
+    let response = server.post_form(&session, &format!("/jobs/{id}/cancel"), &[]).await;
+    assert_eq!(response.status(), 303, "{}", response.text().await.unwrap_or_default());
+    assert_eq!(server.wait_for_job(&teacher, id).await["state"], "cancelled");
+
     // Broken files fail with a reason, and the server goes on.
     let cases: [(&str, Vec<u8>, &str); 4] = [
         ("encrypted.pdf", encrypted_pdf(), "encrypted"),
@@ -136,7 +150,7 @@ async fn upload_job_lifecycle() {
     let (status, jobs) = server.get_json(&teacher, "/api/v1/jobs").await;
     assert_eq!(status, 200);
     let states: Vec<&str> = jobs["jobs"].as_array().expect("jobs").iter().filter_map(|j| j["state"].as_str()).collect();
-    assert_eq!(states, ["failed", "failed", "failed", "failed", "cancelled", "succeeded"], "newest first");
+    assert_eq!(states, ["failed", "failed", "failed", "failed", "cancelled", "cancelled", "succeeded"], "newest first");
     let stderr = server.stderr_text();
     assert!(!stderr.contains("panicked"), "{stderr}");
 

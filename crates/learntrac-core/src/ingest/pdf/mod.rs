@@ -175,6 +175,12 @@ fn split_at_headings(lines: &[Line], headings: &[Heading], skip_front: bool, voc
         starts.push(start);
     }
 
+    // A PDF with no outline, contents or headings is one section, named
+    // after the book by `prune`.
+    if starts.is_empty() {
+        let all: Vec<&Line> = lines.iter().collect();
+        return vec![section(1, String::new(), &all, vocabulary)];
+    }
     let mut sections = Vec::new();
     if let Some(first) = starts.first().filter(|_| !skip_front) {
         let front: Vec<&Line> = lines[..first.line].iter().collect();
@@ -382,6 +388,18 @@ mod tests {
         let headings: Vec<(&str, Option<u32>)> = book.sections.iter().map(|s| (s.heading.as_str(), s.page)).collect();
         assert_eq!(headings, [("1 Basics", Some(1))]);
         assert_eq!(book.sections[0].text, "Some information on the (first) page.");
+    }
+
+    #[test]
+    fn pdf_without_headings_is_one_section() {
+        let lines = [("Plain notes without any heading.", 10), ("A second line of the same notes.", 10)];
+        let book = match crate::ingest::parse(&tiny_pdf(&lines, ""), Format::Pdf, "notes") {
+            Ok(book) => book,
+            Err(error) => unreachable!("a PDF of plain text does not parse: {error}"),
+        };
+        assert_eq!(book.sections.len(), 1);
+        assert_eq!(book.sections[0].page, Some(1));
+        assert!(book.sections[0].text.contains("second line"), "{:?}", book.sections[0].text);
     }
 
     #[test]
