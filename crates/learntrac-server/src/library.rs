@@ -296,6 +296,7 @@ async fn ingest_steps(
     let embedder = state.embedder.clone();
     let for_parser = embedder.clone();
     let shared = heartbeat.progress.clone();
+    let cancelled = heartbeat.cancelled.clone();
     // Parsing and cutting into passages (which tokenizes every sentence)
     // are CPU-bound, so they run off the async threads. The heartbeat
     // records the pages read meanwhile.
@@ -303,6 +304,7 @@ async fn ingest_steps(
         let pages = |done: usize, total: usize| {
             let mut progress = shared.lock().unwrap_or_else(|p| p.into_inner());
             (progress.pages_done, progress.pages_total) = (done as i64, total as i64);
+            !cancelled.load(std::sync::atomic::Ordering::Relaxed)
         };
         let book = ingest::parse_reporting(&bytes, format, &fallback_title, &pages)?;
         let count = |text: &str| for_parser.count_tokens(text);
@@ -317,9 +319,12 @@ async fn ingest_steps(
             () = tokio::time::sleep(std::time::Duration::from_millis(250)) => report(heartbeat.progress()),
         }
     };
-    let (book, chunks, texts) = parsed
-        .map_err(|e| Stop::Failed(format!("the parser stopped unexpectedly: {e}")))?
-        .map_err(|e| Stop::Failed(e.to_string()))?;
+    let (book, chunks, texts) = match parsed {
+        Err(error) => return Err(Stop::Failed(format!("the parser stopped unexpectedly: {error}"))),
+        Ok(Err(ingest::IngestError::Cancelled)) => return Err(Stop::Cancelled),
+        Ok(Err(error)) => return Err(Stop::Failed(error.to_string())),
+        Ok(Ok(parsed)) => parsed,
+    };
     let pages = page_count(&book);
     if chunks.is_empty() {
         return Err(Stop::Failed("no text was found in the file".into()));
@@ -414,6 +419,8 @@ struct Heartbeat {
     /// Held while the row is written, so that an older figure never
     /// overwrites a newer one.
     writing: Arc<tokio::sync::Mutex<()>>,
+    /// Set when the row says the job was asked to stop.
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -421,7 +428,8 @@ impl Heartbeat {
     fn start(state: &AppState, job_id: i64) -> Heartbeat {
         let progress = Arc::new(std::sync::Mutex::new(JobProgress::default()));
         let writing = Arc::new(tokio::sync::Mutex::new(()));
-        let (shared, lock) = (progress.clone(), writing.clone());
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (shared, lock, stop) = (progress.clone(), writing.clone(), cancelled.clone());
         let task_state = state.clone();
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(std::time::Duration::from_secs(HEARTBEAT_SECONDS));
@@ -429,12 +437,15 @@ impl Heartbeat {
                 ticks.tick().await;
                 let _writing = lock.lock().await;
                 let now = *shared.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(error) = task_state.store.job_progress(job_id, now, task_state.now()).await {
-                    tracing::warn!(job_id, error = format!("{error:#}"), "cannot record a job's progress");
+                match task_state.store.job_progress(job_id, now, task_state.now()).await {
+                    Ok(asked) => stop.store(asked, std::sync::atomic::Ordering::Relaxed),
+                    Err(error) => {
+                        tracing::warn!(job_id, error = format!("{error:#}"), "cannot record a job's progress")
+                    }
                 }
             }
         });
-        Heartbeat { state: state.clone(), job_id, progress, writing, task }
+        Heartbeat { state: state.clone(), job_id, progress, writing, cancelled, task }
     }
 
     /// Returns the progress last recorded.

@@ -22,6 +22,8 @@ pub enum IngestError {
     Encoding { offset: usize },
     #[error("no text was found in the file; if it is a scanned PDF, run OCR on it first")]
     NoText,
+    #[error("parsing was cancelled")]
+    Cancelled,
     #[error("the {} parser failed on this file; it may be malformed", .0.as_str())]
     Parser(Format),
 }
@@ -31,16 +33,17 @@ pub enum IngestError {
 /// and can take seconds for a long PDF, so async callers should run it on a
 /// blocking thread.
 pub fn parse(bytes: &[u8], format: Format, fallback_title: &str) -> Result<Book, IngestError> {
-    parse_reporting(bytes, format, fallback_title, &|_, _| {})
+    parse_reporting(bytes, format, fallback_title, &|_, _| true)
 }
 
 /// Parses like [`parse`] and calls `pages(done, total)` after each page of
-/// a PDF has been read, so that a long book can show its progress.
+/// a PDF has been read, so that a long book can show its progress. When
+/// `pages` returns false, parsing stops with [`IngestError::Cancelled`].
 pub fn parse_reporting(
     bytes: &[u8],
     format: Format,
     fallback_title: &str,
-    pages: &dyn Fn(usize, usize),
+    pages: &dyn Fn(usize, usize) -> bool,
 ) -> Result<Book, IngestError> {
     // A bug in a parser must not take the server down with it. The progress
     // callback sees no state that a panic could leave half-changed.

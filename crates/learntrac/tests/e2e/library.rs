@@ -117,6 +117,7 @@ async fn upload_job_lifecycle() {
     let job = server.wait_for_job(&teacher, id).await;
     assert_eq!(job["state"], "cancelled", "{job}");
     assert!(job["book_id"].is_null());
+    assert!(job["pages_done"].as_i64() < job["pages_total"].as_i64(), "stopped while reading pages: {job}");
     let (_, books) = server.get_json(&teacher, "/api/v1/books").await;
     assert_eq!(books["books"].as_array().expect("books").len(), 1, "{books}");
 

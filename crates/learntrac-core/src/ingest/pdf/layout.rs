@@ -28,9 +28,10 @@ pub(super) struct Line {
 }
 
 /// Returns the lines of every page, in page order, calling
-/// `progress(done, total)` after each page. A page whose content cannot be
-/// decoded has no lines rather than failing the whole book.
-pub(super) fn extract_pages(document: &Document, progress: &dyn Fn(usize, usize)) -> Vec<Vec<Line>> {
+/// `progress(done, total)` after each page; `None` when it returns false.
+/// A page whose content cannot be decoded has no lines rather than failing
+/// the whole book.
+pub(super) fn extract_pages(document: &Document, progress: &dyn Fn(usize, usize) -> bool) -> Option<Vec<Vec<Line>>> {
     let count = document.get_pages().len() as u32;
     let mut pages = Vec::with_capacity(count as usize);
     for number in 1..=count {
@@ -40,9 +41,11 @@ pub(super) fn extract_pages(document: &Document, progress: &dyn Fn(usize, usize)
             Err(_) => Vec::new(),
         };
         pages.push(lines);
-        progress(number as usize, count as usize);
+        if !progress(number as usize, count as usize) {
+            return None;
+        }
     }
-    pages
+    Some(pages)
 }
 
 /// A line while its glyphs arrive: text and characters per font size.

@@ -29,18 +29,20 @@ enum Source {
     Fonts,
 }
 
-/// Parses a PDF; `pages(done, total)` follows the reading of its pages.
-pub fn parse(bytes: &[u8], pages: &dyn Fn(usize, usize)) -> Result<Book, IngestError> {
+/// Parses a PDF; `pages(done, total)` follows the reading of its pages
+/// and stops it by returning false.
+pub fn parse(bytes: &[u8], pages: &dyn Fn(usize, usize) -> bool) -> Result<Book, IngestError> {
     parse_from(bytes, Source::Outline, pages)
 }
 
 /// Parses a PDF, taking its headings from the first source, starting at
 /// `best`, that yields any. Tests start lower to exercise the fallbacks on
 /// books that have an outline.
-fn parse_from(bytes: &[u8], best: Source, pages: &dyn Fn(usize, usize)) -> Result<Book, IngestError> {
+fn parse_from(bytes: &[u8], best: Source, pages: &dyn Fn(usize, usize) -> bool) -> Result<Book, IngestError> {
     let document = load(bytes)?;
     let title = document_title(&document);
-    let cleaned = clean::remove_page_furniture(layout::extract_pages(&document, pages));
+    let read = layout::extract_pages(&document, pages).ok_or(IngestError::Cancelled)?;
+    let cleaned = clean::remove_page_furniture(read);
     let lines = cleaned.lines;
     if lines.is_empty() {
         return Err(IngestError::NoText);
@@ -415,19 +417,19 @@ mod tests {
     #[test]
     fn random_bytes_are_not_a_pdf() {
         let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        assert!(matches!(parse(&bytes, &|_, _| {}), Err(IngestError::NotPdf)));
-        assert!(matches!(parse(b"", &|_, _| {}), Err(IngestError::NotPdf)));
-        assert!(matches!(parse(b"<html><body>not a pdf</body></html>", &|_, _| {}), Err(IngestError::NotPdf)));
+        assert!(matches!(parse(&bytes, &|_, _| true), Err(IngestError::NotPdf)));
+        assert!(matches!(parse(b"", &|_, _| true), Err(IngestError::NotPdf)));
+        assert!(matches!(parse(b"<html><body>not a pdf</body></html>", &|_, _| true), Err(IngestError::NotPdf)));
     }
 
     #[test]
     fn truncated_pdf_is_reported() {
         let pdf = tiny_pdf(&[("Hello", 12)], "");
         for cut in [pdf.len() / 2, pdf.len() - 20, 12] {
-            let result = parse(&pdf[..cut], &|_, _| {});
+            let result = parse(&pdf[..cut], &|_, _| true);
             assert!(matches!(result, Err(IngestError::Truncated)), "cut at {cut}: {result:?}");
         }
-        assert!(matches!(parse(b"%PDF-1.4 this is not really a pdf", &|_, _| {}), Err(IngestError::Truncated)));
+        assert!(matches!(parse(b"%PDF-1.4 this is not really a pdf", &|_, _| true), Err(IngestError::Truncated)));
     }
 
     #[test]
@@ -436,7 +438,7 @@ mod tests {
                        /O <0000000000000000000000000000000000000000000000000000000000000000> \
                        /U <1111111111111111111111111111111111111111111111111111111111111111> >> \
                        /ID [<00112233445566778899aabbccddeeff> <00112233445566778899aabbccddeeff>]";
-        let result = parse(&tiny_pdf(&[("Secret", 12)], encrypt), &|_, _| {});
+        let result = parse(&tiny_pdf(&[("Secret", 12)], encrypt), &|_, _| true);
         assert!(matches!(result, Err(IngestError::Encrypted)), "{result:?}");
     }
 
@@ -468,7 +470,7 @@ mod corpus_tests {
             eprintln!("skipped: {} is missing; set LEARNTRAC_CORPUS", path.display());
             return None;
         };
-        match parse_from(&bytes, source, &|_, _| {}) {
+        match parse_from(&bytes, source, &|_, _| true) {
             Ok(book) => Some(book),
             Err(error) => unreachable!("cannot parse {name}: {error}"),
         }
