@@ -221,8 +221,8 @@ impl Index {
                     } else {
                         identifier_bonus * found as f32 / identifiers.len() as f32
                     };
-                    // A query of identifiers alone ("__init__", ":=") asks
-                    // for the passages that contain them: each of those is
+                    // A query of identifiers alone ("__init__", ":=") looks
+                    // for the passages that contain them. Each of those is
                     // relevant, and meaning orders them.
                     let score = if only_identifiers && found == identifiers.len() && identifier_bonus > 0.0 {
                         (semantic + bonus).max(RELEVANT + identifier_bonus * semantic)
@@ -340,7 +340,7 @@ mod tests {
         assert!(search("the of and", 0.0).is_empty());
     }
 
-    /// A unit vector along axis `axis` of four.
+    /// Returns the unit vector along `axis` in four dimensions.
     fn axis(axis: usize) -> Vec<f32> {
         (0..4).map(|i| if i == axis { 1.0 } else { 0.0 }).collect()
     }

@@ -75,7 +75,7 @@ pub struct RemoteSettings {
     pub api_key: Option<String>,
     #[serde(default = "default_timeout_seconds")]
     pub timeout_seconds: u64,
-    /// Further attempts after a timeout, a connection failure, 429 or a 5xx answer.
+    /// Further attempts after a timeout, a connection failure, 429 or a 5xx response.
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// The model's input limit in tokens; passages are cut to fit it.
@@ -240,12 +240,12 @@ impl Embedder {
         }
     }
 
-    /// The id stored with every vector this embedder makes.
+    /// Returns the id stored with every vector this embedder makes.
     pub fn id(&self) -> &str {
         &self.0.id
     }
 
-    /// The relevance [`EmbeddingSettings::identifier_bonus`] adds at most.
+    /// Returns the most relevance [`EmbeddingSettings::identifier_bonus`] adds.
     pub fn identifier_bonus(&self) -> f32 {
         self.0.identifier_bonus
     }
@@ -254,7 +254,7 @@ impl Embedder {
         matches!(self.0.kind, Kind::Builtin)
     }
 
-    /// How the index turns this model's cosines into relevance.
+    /// Returns how the index turns this model's cosines into relevance.
     pub fn scoring(&self) -> Scoring {
         let cosine =
             Scoring::Cosine { relevant: MINILM_RELEVANT, full: MINILM_FULL, identifier_bonus: self.0.identifier_bonus };
@@ -268,7 +268,7 @@ impl Embedder {
         }
     }
 
-    /// The most tokens of text the model reads; passages are cut to fit.
+    /// Returns the maximum number of tokens the model reads; passages are cut to fit.
     pub fn window(&self) -> usize {
         match &self.0.kind {
             Kind::Builtin => BUILTIN_WINDOW,
@@ -362,7 +362,7 @@ impl Remote {
                     let status = response.status();
                     let retry = status.as_u16() == 429 || status.is_server_error();
                     let detail: String = response.text().await.unwrap_or_default().chars().take(200).collect();
-                    (retry, anyhow::anyhow!("the embeddings service at {url} answered {status}: {detail}"))
+                    (retry, anyhow::anyhow!("the embeddings service at {url} responded {status}: {detail}"))
                 }
                 Err(error) => (
                     error.is_timeout() || error.is_connect() || error.is_request(),

@@ -22,8 +22,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::{AppState, audit};
 
 /// A job that has not reported for this long belongs to a process that
-/// stopped (a live one reports every [`HEARTBEAT_SECONDS`]); it is marked
-/// as failed.
+/// stopped, because a live one reports every [`HEARTBEAT_SECONDS`]. Such a
+/// job is marked as failed.
 const STALE_JOB_SECONDS: i64 = 30;
 /// How often a live job records its progress, even while one step takes long.
 const HEARTBEAT_SECONDS: u64 = 2;
@@ -419,7 +419,7 @@ struct Heartbeat {
     /// Held while the row is written, so that an older figure never
     /// overwrites a newer one.
     writing: Arc<tokio::sync::Mutex<()>>,
-    /// Set when the row says the job was asked to stop.
+    /// Set when the job's row shows a cancel request.
     cancelled: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
