@@ -38,7 +38,9 @@ impl Bar {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if *last != line {
             let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K{line}");
+            // The cursor goes back to the line's start, so that a log line
+            // written meanwhile replaces the bar instead of following it.
+            let _ = write!(err, "\r\x1b[2K{line}\r");
             let _ = err.flush();
             *last = line;
         }
