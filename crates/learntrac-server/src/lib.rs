@@ -57,8 +57,10 @@ pub struct AppInner {
     pub embedder: embedder::Embedder,
     /// The search index; replaced whole when the library changes.
     pub index: RwLock<Arc<Index>>,
-    /// Library jobs run one at a time, so that a search never waits for
-    /// more than one job's share of the CPU.
+    /// The library's watermark when the index was loaded.
+    pub index_watermark: std::sync::Mutex<Option<(i64, i64, i64)>>,
+    /// Library jobs of this process run one at a time, so that they take
+    /// at most the CPU of one job and leave the rest to searches.
     pub job_slots: tokio::sync::Semaphore,
     pub limiter: gateway::RateLimiter,
     pub revocations: auth::RevocationCache,
@@ -133,6 +135,7 @@ impl AppState {
         }
         let embedder =
             embedder::Embedder::from_settings(&config.embeddings, &config.data_dir, &config.egress, &secrets)?;
+        let watermark = store.chunk_watermark().await?;
         let index = library::load_index(&store, &embedder).await?;
         idp::admin::ensure_cli_client(&store, unix_now()).await?;
         let state = AppState(Arc::new(AppInner {
@@ -146,6 +149,7 @@ impl AppState {
             config,
             embedder,
             index: RwLock::new(Arc::new(index)),
+            index_watermark: std::sync::Mutex::new(Some(watermark)),
             job_slots: tokio::sync::Semaphore::new(1),
             limiter: gateway::RateLimiter::new(),
             revocations: auth::RevocationCache::default(),

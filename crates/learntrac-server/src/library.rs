@@ -2,7 +2,7 @@
 //! their passages, and embedding the library again when the model changes.
 //!
 //! Every passage has a vector by the built-in embedder, which costs
-//! microseconds, and one by the configured model. The index holds the
+//! microseconds, and one by the configured model. The index contains the
 //! vectors of one model only: the configured one once every passage has
 //! one, the built-in one until then. A model change therefore never
 //! mixes models and never leaves search without an index.
@@ -27,7 +27,8 @@ use crate::{AppState, audit};
 const STALE_JOB_SECONDS: i64 = 30;
 /// How often a live job records its progress, even while one step takes long.
 const HEARTBEAT_SECONDS: u64 = 2;
-/// Most ingestions queued or running at once; each holds its file in memory.
+/// The maximum number of ingestions queued or running at once, because
+/// each keeps its file in memory.
 const MAX_UNFINISHED_UPLOADS: i64 = 8;
 /// The reason recorded for a stale job.
 const INTERRUPTED: &str = "the server stopped before the job finished; upload the book again";
@@ -101,15 +102,20 @@ fn section_contexts(outline: &[(i64, i64, i64, String)]) -> std::collections::Ha
 }
 
 /// Rebuilds the index from the store, which gives new chunks their stored ids.
+/// It records the library's watermark, read before loading, so that
+/// [`watch_library`] rebuilds only for changes the index does not have.
 pub async fn reload_index(state: &AppState) -> ApiResult<()> {
+    let watermark = state.store.chunk_watermark().await?;
     let index = load_index(&state.store, &state.embedder).await?;
     *state.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+    *state.index_watermark.lock().unwrap_or_else(|p| p.into_inner()) = Some(watermark);
     Ok(())
 }
 
 /// Passages found for a query, and the model whose vectors ranked them.
 pub struct Found {
     pub model: String,
+    pub scoring: Scoring,
     pub hits: Vec<Hit>,
 }
 
@@ -122,11 +128,11 @@ pub async fn search(state: &AppState, query: &str, limit: usize) -> ApiResult<Fo
     let limit = limit.clamp(1, crate::service::MAX_PASSAGES);
     let min_relevance = state.config.min_relevance;
     let query = query.to_string();
-    let model = index.model().to_string();
+    let (model, scoring) = (index.model().to_string(), index.scoring());
     let hits = tokio::task::spawn_blocking(move || index.search(&query, &vector, limit, min_relevance))
         .await
         .context("the search task failed")?;
-    Ok(Found { model, hits })
+    Ok(Found { model, scoring, hits })
 }
 
 /// Checks an upload's name and content before a job is made for it:
@@ -438,7 +444,7 @@ impl Heartbeat {
                 let _writing = lock.lock().await;
                 let now = *shared.lock().unwrap_or_else(|p| p.into_inner());
                 match task_state.store.job_progress(job_id, now, task_state.now()).await {
-                    Ok(asked) => stop.store(asked, std::sync::atomic::Ordering::Relaxed),
+                    Ok(requested) => stop.store(requested, std::sync::atomic::Ordering::Relaxed),
                     Err(error) => {
                         tracing::warn!(job_id, error = format!("{error:#}"), "cannot record a job's progress")
                     }
@@ -453,7 +459,7 @@ impl Heartbeat {
         *self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records progress; returns whether the job was asked to stop.
+    /// Records progress and returns whether a cancel was requested.
     async fn report(&self, progress: JobProgress) -> bool {
         let _writing = self.writing.lock().await;
         *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = progress;
@@ -571,10 +577,8 @@ pub const WATCH_SECONDS: u64 = 10;
 
 /// Reloads the search index when another process (such as
 /// `learntrac ingest`) adds or deletes books, and fails jobs whose process
-/// stopped. The first check always reloads, so a book added while the
-/// server started is not missed.
+/// stopped. A change this process made is already in the index.
 pub async fn watch_library(state: AppState) {
-    let mut known = None;
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(WATCH_SECONDS));
     loop {
         interval.tick().await;
@@ -590,12 +594,11 @@ pub async fn watch_library(state: AppState) {
                 continue;
             }
         };
-        if Some(current) == known {
+        if *state.index_watermark.lock().unwrap_or_else(|p| p.into_inner()) == Some(current) {
             continue;
         }
-        match reload_index(&state).await {
-            Ok(()) => known = Some(current),
-            Err(error) => tracing::warn!(error = %error, "cannot reload the search index"),
+        if let Err(error) = reload_index(&state).await {
+            tracing::warn!(error = %error, "cannot reload the search index");
         }
     }
 }

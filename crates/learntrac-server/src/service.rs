@@ -1,4 +1,4 @@
-//! What the roles do with the domain: create learning paths and grade
+//! The roles' work on the domain: creating learning paths and grading
 //! answers, with the visibility rules for paths and tickets (the library
 //! and search are in [`crate::library`]). HTTP handlers call these for
 //! anything beyond a plain read; only the store runs SQL.
@@ -60,7 +60,8 @@ pub async fn create_path(
             format!("max_concepts must be from 1 to {MAX_CONCEPTS}"),
         ));
     }
-    let hits = crate::library::search(state, goal, MAX_PASSAGES).await?.hits;
+    let found = crate::library::search(state, goal, MAX_PASSAGES).await?;
+    let hits = found.hits;
     if hits.is_empty() {
         return Err(ApiError::bad_request(
             "nothing_found",
@@ -71,9 +72,9 @@ pub async fn create_path(
     // Sections far below the best match are usually about something else
     // that shares a word with the goal.
     let floor = hits[0].relevance * RELATIVE_RELEVANCE;
-    // A sentence-embedding model finds sections that say the same in other
-    // words; only the built-in embedder's hits need the goal's terms.
-    let hybrid = state.index.read().unwrap_or_else(|p| p.into_inner()).scoring() == Scoring::Hybrid;
+    // A sentence-embedding model finds sections that put the goal in other
+    // words, so only the built-in embedder's hits must contain its terms.
+    let hybrid = found.scoring == Scoring::Hybrid;
     let coverage_floor =
         if hybrid { hits.iter().map(|h| h.coverage).fold(0.0, f32::max) * RELATIVE_COVERAGE } else { 0.0 };
     let mut section_ids: Vec<i64> = Vec::new();

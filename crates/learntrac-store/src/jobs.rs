@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use crate::{Result, Store};
 
-/// What a job does.
+/// The kind of work a job does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
@@ -14,7 +14,7 @@ pub enum JobKind {
     Reembed,
 }
 
-/// Where a job is in its life.
+/// The stage a job has reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -31,6 +31,14 @@ impl JobKind {
             JobKind::Ingest => "ingest",
             JobKind::Reembed => "reembed",
         }
+    }
+
+    fn parse(value: &str) -> Result<JobKind> {
+        Ok(match value {
+            "ingest" => JobKind::Ingest,
+            "reembed" => JobKind::Reembed,
+            other => return Err(crate::StoreError::Corrupt(format!("unknown job kind {other:?}"))),
+        })
     }
 }
 
@@ -75,7 +83,7 @@ pub struct JobRecord {
     pub passages_total: i64,
     /// The book an ingestion made.
     pub book_id: Option<i64>,
-    /// Why the job failed.
+    /// The reason the job failed.
     pub error: Option<String>,
     pub cancel_requested: bool,
     pub created_by: Option<i64>,
@@ -181,8 +189,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records a running job's progress and returns whether it was asked
-    /// to stop.
+    /// Records a running job's progress and returns whether a cancel was
+    /// requested.
     pub async fn job_progress(&self, id: i64, progress: JobProgress, now: i64) -> Result<bool> {
         let row = sqlx::query(
             "UPDATE jobs SET pages_done = $2, pages_total = $3, passages_done = $4, passages_total = $5, \
@@ -199,7 +207,7 @@ impl Store {
         Ok(row.map(|r| r.try_get::<i64, _>("cancel_requested")).transpose()?.unwrap_or(1) != 0)
     }
 
-    /// Ends a job with `state`; `error` says why a job failed.
+    /// Ends a job with `state`, and `error` as the reason of a failure.
     pub async fn finish_job(
         &self,
         id: i64,
@@ -249,14 +257,9 @@ impl Store {
 }
 
 fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRecord> {
-    let kind: String = row.try_get("kind")?;
     Ok(JobRecord {
         id: row.try_get("id")?,
-        kind: match kind.as_str() {
-            "ingest" => JobKind::Ingest,
-            "reembed" => JobKind::Reembed,
-            other => return Err(crate::StoreError::Corrupt(format!("unknown job kind {other:?}"))),
-        },
+        kind: JobKind::parse(&row.try_get::<String, _>("kind")?)?,
         state: JobState::parse(&row.try_get::<String, _>("state")?)?,
         file_name: row.try_get("file_name")?,
         model: row.try_get("model")?,
@@ -297,9 +300,9 @@ mod tests {
         store.start_job(job.id, 11).await.expect("start");
         let progress = JobProgress { pages_done: 2, pages_total: 4, passages_done: 0, passages_total: 9 };
         assert!(!store.job_progress(job.id, progress, 12).await.expect("progress"));
-        let asked = store.request_job_cancel(job.id, 13).await.expect("cancel").expect("job");
-        assert!(asked.cancel_requested);
-        assert_eq!(asked.pages_done, 2);
+        let requested = store.request_job_cancel(job.id, 13).await.expect("cancel").expect("job");
+        assert!(requested.cancel_requested);
+        assert_eq!(requested.pages_done, 2);
         assert!(store.job_progress(job.id, progress, 14).await.expect("progress"), "the runner sees the request");
         store.finish_job(job.id, JobState::Cancelled, None, None, 15).await.expect("finish");
         assert_eq!(store.pending_job_with_hash("abc").await.expect("pending"), None);

@@ -73,9 +73,9 @@ pub async fn serve_https(
     (format!("https://127.0.0.1:{port}"), ca_file, handle)
 }
 
-/// The all-MiniLM-L6-v2 folder from `LEARNTRAC_MINILM_DIR`, or `None`
-/// (after saying so) when it is not set and `LEARNTRAC_REQUIRE_MODEL=1`
-/// does not require it.
+/// Returns the all-MiniLM-L6-v2 folder from `LEARNTRAC_MINILM_DIR`. When it
+/// is not set, prints that the test is skipped and returns `None`, unless
+/// `LEARNTRAC_REQUIRE_MODEL=1` makes that a failure.
 pub fn minilm_dir() -> Option<String> {
     let Ok(model) = std::env::var("LEARNTRAC_MINILM_DIR") else {
         assert!(
@@ -237,6 +237,18 @@ impl Server {
         let output = self.cli(&["ingest", file.to_str().expect("utf-8 path")], "");
         assert!(output.status.success(), "ingest failed: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).to_string()
+    }
+
+    /// Starts a server with the instructor teacher@example.org and the
+    /// learner learner@example.org, and returns it with their access tokens.
+    pub async fn with_teacher_and_learner() -> (Server, String, String) {
+        let mut server = Server::new().await;
+        server.add_user("teacher@example.org", "instructors");
+        server.add_user("learner@example.org", "students");
+        server.serve().await;
+        let teacher = server.token("teacher@example.org").await;
+        let learner = server.token("learner@example.org").await;
+        (server, teacher, learner)
     }
 
     /// Starts `learntrac serve` on port 0 and waits for its bound addresses.
@@ -434,7 +446,7 @@ impl Server {
         self.client.post(url).bearer_auth(token).body(body).send().await.expect("upload")
     }
 
-    /// Waits until the library job that answered `response` (202) ends and
+    /// Waits until the library job that `response` (202) accepted ends and
     /// returns the job as `GET /api/v1/jobs/{id}` shows it last.
     pub async fn finished_job(&self, token: &str, response: reqwest::Response) -> Value {
         assert_eq!(response.status(), 202, "an upload is accepted as a job");

@@ -48,12 +48,7 @@ async fn upload_bytes(server: &Server, token: &str, name: &str, body: Vec<u8>) -
 
 #[tokio::test]
 async fn upload_job_lifecycle() {
-    let mut server = Server::new().await;
-    server.add_user("teacher@example.org", "instructors");
-    server.add_user("learner@example.org", "students");
-    server.serve().await;
-    let teacher = server.token("teacher@example.org").await;
-    let learner = server.token("learner@example.org").await;
+    let (server, teacher, learner) = Server::with_teacher_and_learner().await;
     let corpus = corpus_dir();
 
     // A real PDF: the job reports its pages and passages and makes the book.
@@ -240,10 +235,10 @@ struct Seen {
     inputs: usize,
 }
 
-/// A stand-in for a remote OpenAI-compatible embeddings service, which
-/// cannot run on this machine: it answers `/v1/embeddings` with the
-/// built-in embedder's vectors, fails its first request with 503, and
-/// `/slow/v1/embeddings` never answers in time.
+/// Starts a stand-in for a remote OpenAI-compatible embeddings service,
+/// which cannot run on this machine. `/v1/embeddings` returns the built-in
+/// embedder's vectors after failing its first request with 503, and
+/// `/slow/v1/embeddings` does not respond within the timeout.
 async fn embeddings_stand_in(
     dir: &std::path::Path,
 ) -> (String, std::path::PathBuf, Arc<Mutex<Seen>>, axum_server::Handle<std::net::SocketAddr>) {
@@ -285,8 +280,8 @@ async fn embeddings_stand_in(
     (base, ca_file, seen, handle)
 }
 
-// Two worker threads: the stand-in must answer while the test waits for
-// `learntrac ingest`, a blocking call.
+// Two worker threads, because the stand-in must respond while the test
+// waits for `learntrac ingest`, a blocking call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_embeddings_key_and_retries() {
     let mut server = Server::new().await;
@@ -302,8 +297,8 @@ async fn remote_embeddings_key_and_retries() {
         )
     };
 
-    // A service that does not answer in time fails the ingestion with a
-    // reason naming it; nothing is stored.
+    // A service that does not respond in time fails the ingestion with a
+    // reason naming it, and nothing is stored.
     server.write_settings(&settings("/slow", 0));
     let book = server.data_dir.join("orbits.md");
     std::fs::write(&book, "# Orbits\n\n## Kepler's laws\n\nPlanets move on ellipses with the Sun at one focus.\n")
@@ -311,7 +306,8 @@ async fn remote_embeddings_key_and_retries() {
     let output = server.cli(&["ingest", book.to_str().expect("utf-8")], "");
     assert!(!output.status.success());
     let errors = String::from_utf8_lossy(&output.stderr);
-    assert!(errors.contains("failed") && errors.contains(&format!("{base}/slow/v1/embeddings")), "{errors}");
+    assert!(errors.contains("failed"), "{errors}");
+    assert!(errors.contains(&format!("{base}/slow/v1/embeddings")), "{errors}");
 
     // The first answer is 503; the retry succeeds, with the key from the secrets store.
     server.write_settings(&settings("", 2));
@@ -341,12 +337,7 @@ async fn remote_embeddings_key_and_retries() {
 
 #[tokio::test]
 async fn cross_references_become_prerequisites() {
-    let mut server = Server::new().await;
-    server.add_user("teacher@example.org", "instructors");
-    server.add_user("learner@example.org", "students");
-    server.serve().await;
-    let teacher = server.token("teacher@example.org").await;
-    let learner = server.token("learner@example.org").await;
+    let (server, teacher, learner) = Server::with_teacher_and_learner().await;
     // Section 1.1 names Section 1.3, which the book teaches later.
     let book = "# Kitchen basics\n\n\
         ## 1.1 Sauces\n\nA velvety sauce thickens with a roux whisked into hot stock; see Section 1.3 for making the roux.\n\n\
