@@ -63,7 +63,7 @@ fn leading_number(title: &str) -> Option<u32> {
 /// whose name its text uses. One that uses none depends on the concept just
 /// before it in the same book, so that the path reads as the book teaches.
 /// A concept also depends on every planned section of its book that it
-/// refers to explicitly, unless that would close a cycle of references; a
+/// refers to explicitly, unless that would close a cycle of references. A
 /// link from the book's order that would close a cycle with a reference
 /// is dropped instead. A reference to a later section moves that section
 /// (and what it needs) ahead of the one that refers to it.

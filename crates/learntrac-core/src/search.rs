@@ -1,6 +1,6 @@
 //! The in-memory index over book chunks. With a sentence-embedding model,
 //! relevance is the calibrated cosine of the query's and the passage's
-//! vectors; with the built-in embedder it combines lexical (BM25-style
+//! vectors. With the built-in embedder it combines lexical (BM25-style
 //! term weighting) and semantic evidence.
 
 use std::collections::HashMap;
@@ -26,8 +26,8 @@ pub struct Passage {
     pub page: Option<i64>,
 }
 
-/// How relevance follows from the evidence, for the model whose vectors
-/// the index holds.
+/// The rule that turns evidence into relevance, for the model whose
+/// vectors the index contains.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Scoring {
     /// The built-in embedder, whose cosines are weak evidence alone:
@@ -245,8 +245,8 @@ impl Index {
             // The nearest neighbours by meaning, enough of them to leave
             // `limit` sections after keeping one passage per section.
             (Some(vectors), Scoring::Cosine { .. }) => {
-                let wanted = (limit * CANDIDATES_PER_HIT).max(MIN_CANDIDATES);
-                let mut neighbors = vectors.search(query_embedding, wanted).unwrap_or_default();
+                let candidates = (limit * CANDIDATES_PER_HIT).max(MIN_CANDIDATES);
+                let mut neighbors = vectors.search(query_embedding, candidates).unwrap_or_default();
                 // Passages that contain an identifier verbatim are candidates
                 // even when their meaning is far from the query's words.
                 if !identifiers.is_empty() {
@@ -258,7 +258,8 @@ impl Index {
                         .map(|(i, _)| i as u64)
                         .collect();
                     if !verbatim.is_empty() {
-                        let matching = vectors.search_filtered(query_embedding, wanted, |id| verbatim.contains(&id));
+                        let matching =
+                            vectors.search_filtered(query_embedding, candidates, |id| verbatim.contains(&id));
                         neighbors.extend(matching.unwrap_or_default());
                     }
                 }
@@ -288,8 +289,9 @@ const HYBRID_THRESHOLD: f32 = 0.3;
 pub const RELEVANT: f32 = 0.65;
 
 /// Maps a score onto the common relevance scale: linear pieces through
-/// (0, 0), (`relevant`, [`RELEVANT`]) and (`full`, 1), continued above
-/// `full` so that the result still orders scores there; callers cap it.
+/// (0, 0), (`relevant`, [`RELEVANT`]) and (`full`, 1). The last piece goes
+/// on above `full`, so that the result still orders scores there, and
+/// callers cap it.
 /// The built-in embedder's combined score is a share of the query's
 /// information found and a cosine is a cosine, so neither mapping grows
 /// or shrinks with the library.

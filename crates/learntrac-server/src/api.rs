@@ -100,8 +100,8 @@ struct UploadQuery {
     name: Option<String>,
 }
 
-/// Accepts the request body as a book to ingest in the background;
-/// `?name=FILE.pdf` gives its format. Answers 202 with the job.
+/// Accepts the request body as a book to ingest in the background, with
+/// `?name=FILE.pdf` giving its format, and responds 202 with the job.
 async fn upload_book(
     State(state): State<AppState>,
     LibraryWriter(actor): LibraryWriter,
@@ -127,7 +127,7 @@ async fn upload_book(
     Ok((StatusCode::ACCEPTED, Json(job_json(&job))))
 }
 
-/// A job as the API shows it, with the address to follow it at.
+/// Returns a job as the API shows it, with the address to follow it at.
 pub fn job_json(job: &JobRecord) -> Value {
     json!({
         "id": job.id,

@@ -617,8 +617,8 @@ async fn upload(
     Err(ApiError::bad_request("invalid_upload", "the form has no file in the field \"book\"").into())
 }
 
-/// The latest library jobs with their progress, a cancel button for each
-/// unfinished one, and a refresh while any is unfinished.
+/// Renders the latest library jobs with their progress, a cancel button
+/// for each unfinished one, and a refresh while any is unfinished.
 fn jobs_table(jobs: &[learntrac_store::JobRecord]) -> String {
     if jobs.is_empty() {
         return String::new();

@@ -451,7 +451,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn vectors_of_a_new_model_are_added_and_old_ones_dropped() {
+    async fn new_model_replaces_old_vectors() {
         let store = memory_store().await;
         store.insert_book(&stats_book("hash2"), 5).await.expect("insert");
         let missing = store.chunks_without_vector("m2", 1).await.expect("missing");

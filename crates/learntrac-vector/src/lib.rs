@@ -6,7 +6,7 @@
 //! [`IndexConfig::graph_threshold`] of them, and builds an HNSW graph
 //! (hierarchical navigable small world) once it reaches that many. Exact
 //! search needs no extra memory and no build time, and it is fast enough
-//! for small collections. Above the threshold the graph answers in a
+//! for small collections. Above the threshold the graph returns results in a
 //! fraction of the time with a small loss of recall.
 //!
 //! The HNSW code is this crate's own, about 350 lines, rather than a
@@ -45,7 +45,7 @@ pub struct Neighbor {
     pub similarity: f32,
 }
 
-/// How a [`VectorIndex`] searches.
+/// The search method a [`VectorIndex`] uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SearchMode {
     /// Every vector is compared with the query.

@@ -54,8 +54,8 @@ impl Bar {
     }
 }
 
-/// The bar's text: what is ingested, the share done, the counts and the
-/// time taken. While a PDF is read the bar follows its pages, then the
+/// Returns the bar's text: what is ingested, the share done, the counts
+/// and the time taken. While a PDF is read the bar follows its pages, then the
 /// passages embedded.
 fn render(label: &str, progress: JobProgress, seconds: u64) -> String {
     let (done, total, counts) = if progress.passages_total == 0 && progress.pages_total > 0 {

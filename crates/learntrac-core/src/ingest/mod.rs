@@ -46,7 +46,7 @@ pub fn parse_reporting(
     pages: &dyn Fn(usize, usize) -> bool,
 ) -> Result<Book, IngestError> {
     // A bug in a parser must not take the server down with it. The progress
-    // callback sees no state that a panic could leave half-changed.
+    // callback reads no state that a panic could leave half-changed.
     let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match format {
         Format::Pdf => pdf::parse(bytes, pages),
         Format::Html => html::parse(bytes),
